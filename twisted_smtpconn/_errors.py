@@ -40,8 +40,8 @@ class SMTPConnectionError(Exception):
     Base class of every error raised or returned by twisted_smtpconn.
 
     :ivar code: one of :data:`ERROR_CODES`.
-    :ivar response: the server's last reply text (all lines joined with
-        ``\\n``, without codes), or ``None`` when the failure was local.
+    :ivar response: the server's last reply as text, code first (e.g.
+        ``"550 5.1.1 no such user"``), or ``None`` when the failure was local.
     :ivar response_code: the three-digit reply code, or ``None``.
     :ivar command: the command that failed, credentials redacted, or ``None``.
     :ivar enhanced_status: the RFC 3463 enhanced status code such as
@@ -49,6 +49,10 @@ class SMTPConnectionError(Exception):
     :ivar recipient: for a rejected recipient, the address; else ``None``.
     :ivar rejected_errors: for an all-recipients-rejected failure, one error
         per recipient; else empty.
+    :ivar delivery_unknown: ``True`` when the whole message, final dot
+        included, was sent but the connection failed before the server's
+        reply: the server may have accepted it (RFC 1047).  Never retry such
+        a message automatically; it could be delivered twice.
     """
 
     #: The contract code of errors of this class.
@@ -75,17 +79,16 @@ class SMTPConnectionError(Exception):
         self.enhanced_status = enhanced_status
         self.recipient = recipient
         self.rejected_errors = list(rejected_errors)
+        self.delivery_unknown = False
 
     def __str__(self) -> str:
         text = self.message
         if self.command is not None:
             text += f" (command: {self.command})"
-        if self.response_code is not None:
-            text += f": {self.response_code}"
-            if self.response:
-                text += f" {self.response}"
-        elif self.response:
+        if self.response:
             text += f": {self.response}"
+        elif self.response_code is not None:
+            text += f": {self.response_code}"
         return text
 
     def __repr__(self) -> str:

@@ -1,0 +1,227 @@
+"""
+Rendering of the command lines whose arguments come from outside: the
+hello, ``MAIL FROM`` and ``RCPT TO``; and the one place where a command is
+turned into loggable text with its credentials hidden.
+
+Commands are returned as ``bytes`` without the final CRLF.  The values in
+them were already checked (:mod:`twisted_smtpconn._envelope`,
+:func:`validate_client_name`), and every rendered line is checked once more
+for CR, LF and NUL before it is returned: a line that could carry a second
+command must never reach the wire, whatever bug let it be built.
+
+Parameters are only added for extensions the server offered in its EHLO
+reply; ``extensions`` is the mapping from
+:func:`twisted_smtpconn._ehlo.parse_ehlo` (upper-cased keywords).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+
+from ._envelope import DSN, Envelope, check_address
+from ._errors import EnvelopeError
+from ._xtext import xtext_encode
+
+__all__ = [
+    "validate_client_name",
+    "ehlo_command",
+    "use_smtputf8",
+    "mail_from_command",
+    "rcpt_to_command",
+    "redact_auth_command",
+]
+
+_HELLO_VERBS = frozenset({"EHLO", "HELO", "LHLO"})
+
+#: A domain label (RFC 5321 sub-domain): letters, digits and inner hyphens.
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_MAX_DOMAIN = 255
+
+#: BODY= values (RFC 6152, RFC 3030) and anything else shaped like one.
+_BODY_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+_UNSAFE = (b"\r", b"\n", b"\x00")
+
+
+def validate_client_name(name: str) -> str:
+    """
+    Check the name we give in EHLO/HELO/LHLO and return it unchanged.
+
+    It must be a domain (ASCII letters, digits and hyphens, labels of 1 to
+    63 characters not starting or ending with a hyphen, at most 255
+    characters, one final dot allowed) or an address literal: ``[192.0.2.1]``
+    or ``[IPv6:2001:db8::1]`` (RFC 5321 4.1.3).
+
+    :raises TypeError: ``name`` is not a ``str``.
+    :raises ValueError: anything else: spaces, control characters, a
+        non-ASCII (not punycode-encoded) name, a bad address literal.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"the client name must be a str, not {type(name).__name__}")
+    if name.startswith("[") and name.endswith("]"):
+        literal = name[1:-1]
+        try:
+            if literal[:5].lower() == "ipv6:":
+                ipaddress.IPv6Address(literal[5:])
+            else:
+                ipaddress.IPv4Address(literal)
+        except ValueError:
+            raise ValueError(f"the client name is not a valid address literal: {name!r}") from None
+        return name
+    domain = name[:-1] if name.endswith(".") else name
+    if (
+        not domain
+        or len(domain) > _MAX_DOMAIN
+        or not domain.isascii()
+        or not all(_LABEL.fullmatch(label) for label in domain.split("."))
+    ):
+        raise ValueError(f"the client name must be a domain or an address literal, not {name!r}")
+    return name
+
+
+def _guarded(line: bytes, error: type[Exception] = EnvelopeError) -> bytes:
+    """The final check before a line leaves this module."""
+    for byte in _UNSAFE:
+        if byte in line:
+            raise error(f"refusing to build a command line containing {byte!r}: {line!r}")
+    return line
+
+
+def ehlo_command(verb: str, name: str) -> bytes:
+    """
+    ``b"EHLO name"`` (or HELO, LHLO).
+
+    :raises ValueError: an unknown verb or a bad name (see
+        :func:`validate_client_name`).
+    """
+    upper = verb.upper() if isinstance(verb, str) else verb
+    if upper not in _HELLO_VERBS:
+        raise ValueError(f"the hello verb must be EHLO, HELO or LHLO, not {verb!r}")
+    return _guarded(f"{upper} {validate_client_name(name)}".encode("ascii"), ValueError)
+
+
+def _offers(extensions: Mapping[str, str], keyword: str) -> bool:
+    """Whether ``keyword`` was offered; tolerates keys not upper-cased."""
+    return keyword in extensions or any(key.upper() == keyword for key in extensions)
+
+
+def use_smtputf8(envelope: Envelope, extensions: Mapping[str, str]) -> bool:
+    """
+    Whether this transaction uses SMTPUTF8 (RFC 6531).
+
+    ``envelope.smtputf8`` ``True`` requires it, ``False`` refuses it, and
+    ``None`` uses it exactly when an address is non-ASCII.
+
+    :raises EnvelopeError: SMTPUTF8 is needed or required but the server
+        does not offer it, or it is refused but an address is non-ASCII.
+    """
+    offered = _offers(extensions, "SMTPUTF8")
+    needed = envelope.needs_smtputf8
+    if envelope.smtputf8 is False:
+        if needed:
+            raise EnvelopeError(
+                f"smtputf8 is False but an address is not ASCII: "
+                f"{[envelope.mail_from, *envelope.rcpt_to]!r}"
+            )
+        return False
+    wanted = True if envelope.smtputf8 else needed
+    if wanted and not offered:
+        if envelope.smtputf8:
+            raise EnvelopeError("smtputf8 is True but the server does not offer SMTPUTF8")
+        raise EnvelopeError(
+            "the server does not offer SMTPUTF8, needed for the non-ASCII address(es): "
+            f"{[a for a in (envelope.mail_from, *envelope.rcpt_to) if not a.isascii()]!r}"
+        )
+    return wanted
+
+
+def _encode(text: str, smtputf8: bool, field: str) -> bytes:
+    if smtputf8:
+        return text.encode("utf-8")
+    try:
+        return text.encode("ascii")
+    except UnicodeEncodeError:
+        raise EnvelopeError(f"{field} is not ASCII and SMTPUTF8 is not used: {text!r}") from None
+
+
+def mail_from_command(envelope: Envelope, extensions: Mapping[str, str], *, body: str | None = None) -> bytes:
+    """
+    ``b"MAIL FROM:<sender>"`` with the parameters the server supports, in
+    this order: ``SIZE=`` (SIZE offered and ``envelope.size`` known),
+    ``BODY=8BITMIME`` (``envelope.use_8bit_mime`` and 8BITMIME offered),
+    ``SMTPUTF8`` (see :func:`use_smtputf8`), ``RET=`` and ``ENVID=`` (DSN
+    offered).  UTF-8 encoded when SMTPUTF8 is used, else ASCII.
+
+    :param body: a ``BODY=`` value to send instead, e.g. ``"BINARYMIME"``
+        for BDAT (RFC 3030); the caller has checked that the server offers
+        it.
+    :raises EnvelopeError: see :func:`use_smtputf8`.
+    :raises ValueError: ``body`` is not a plausible BODY value.
+    """
+    smtputf8 = use_smtputf8(envelope, extensions)
+    params: list[str] = []
+    if envelope.size is not None and _offers(extensions, "SIZE"):
+        params.append(f"SIZE={envelope.size}")
+    if body is not None:
+        if not isinstance(body, str) or not _BODY_VALUE.fullmatch(body):
+            raise ValueError(f"body must be a BODY= keyword such as 'BINARYMIME', not {body!r}")
+        params.append(f"BODY={body.upper()}")
+    elif envelope.use_8bit_mime and _offers(extensions, "8BITMIME"):
+        params.append("BODY=8BITMIME")
+    if smtputf8:
+        params.append("SMTPUTF8")
+    dsn = envelope.dsn
+    if dsn is not None and _offers(extensions, "DSN"):
+        if dsn.ret is not None:
+            params.append(f"RET={dsn.ret}")
+        if dsn.envid is not None:
+            params.append(f"ENVID={xtext_encode(dsn.envid)}")
+    # Checked again although Envelope did: the envelope may have been built
+    # around its checks (object.__setattr__ on a frozen instance).
+    address = check_address("mail_from", envelope.mail_from, allow_empty=True)
+    line = _encode(f"MAIL FROM:<{address}>", smtputf8, "mail_from")
+    if params:
+        line += b" " + " ".join(params).encode("ascii")
+    return _guarded(line)
+
+
+def rcpt_to_command(address: str, dsn: DSN | None, extensions: Mapping[str, str], *, smtputf8: bool) -> bytes:
+    """
+    ``b"RCPT TO:<address>"``, with ``NOTIFY=`` and ``ORCPT=`` when the server
+    offers DSN.
+
+    :param smtputf8: whether the transaction uses SMTPUTF8 (the result of
+        :func:`use_smtputf8` for its envelope).
+    :raises EnvelopeError: the address is unusable, or non-ASCII without
+        SMTPUTF8.
+    """
+    checked = check_address("rcpt_to", address)
+    line = _encode(f"RCPT TO:<{checked}>", smtputf8, "rcpt_to")
+    params: list[str] = []
+    if dsn is not None and _offers(extensions, "DSN"):
+        if dsn.notify is not None:
+            params.append("NOTIFY=" + ",".join(dsn.notify))
+        orcpt = dsn.orcpt_parameter
+        if orcpt is not None:
+            params.append(f"ORCPT={orcpt}")
+    if params:
+        line += b" " + " ".join(params).encode("ascii")
+    return _guarded(line)
+
+
+def redact_auth_command(line: bytes) -> str:
+    """
+    A command as text for logs and error messages, credentials hidden.
+
+    ``AUTH <mechanism> <initial response>`` becomes ``AUTH <mechanism>
+    ****``; the SASL continuation lines that follow carry no verb, so the
+    caller, which knows it is in an AUTH exchange, redacts those itself.
+    Every other command is decoded as UTF-8 (invalid bytes replaced).
+    """
+    text = bytes(line).decode("utf-8", "replace")
+    parts = text.split(None, 2)
+    if len(parts) == 3 and parts[0].upper() == "AUTH":
+        return f"{parts[0]} {parts[1]} ****"
+    return text
