@@ -1,0 +1,187 @@
+"""
+Validation of :class:`~twisted_smtpconn.SMTPConnection`'s keyword options.
+
+The options are checked once, at construction, and kept in one frozen value
+so that a bad value fails where the caller wrote it rather than minutes later
+inside the dialogue, and so that the rest of the code can trust them.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._commands import validate_client_name
+
+__all__ = ["ConnectionOptions", "TLS_SETTING_KEYS", "validate_options"]
+
+#: The keys a ``tls`` dict may hold (API.md).
+TLS_SETTING_KEYS = frozenset(
+    {"reject_unauthorized", "servername", "ca_certs", "min_version", "client_cert", "client_key"}
+)
+
+_IMPLICIT_TLS_PORT = 465
+_SMTP_PORT = 25
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """The validated, normalised options of one connection."""
+
+    host: str
+    port: int
+    secure: bool
+    ignore_tls: bool
+    require_tls: bool
+    opportunistic_tls: bool
+    name: str | None
+    local_address: str | None
+    connection_timeout: float
+    greeting_timeout: float
+    socket_timeout: float
+    debug: bool
+    auth_method: str | None
+    allow_insecure_auth: bool
+    tls: Any
+    endpoint: Any
+    connection: socket.socket | None
+    lmtp: bool
+
+
+def _check_bool(option: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{option} must be a bool, not {type(value).__name__}")
+    return value
+
+
+def _check_timeout(option: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{option} must be a number of seconds, not {type(value).__name__}")
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{option} must be a positive, finite number of seconds, not {value!r}")
+    return float(value)
+
+
+def _check_optional_text(option: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{option} must be a str or None, not {type(value).__name__}")
+    if not value or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{option} must be non-empty without spaces or control characters: {value!r}")
+    return value
+
+
+def _check_port(port: object, secure: bool) -> int:
+    if port is None:
+        return _IMPLICIT_TLS_PORT if secure else _SMTP_PORT
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int or None, not {type(port).__name__}")
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be between 1 and 65535, not {port!r}")
+    return port
+
+
+def _check_tls(tls: object) -> object:
+    if tls is None:
+        return None
+    if isinstance(tls, Mapping):
+        unknown = set(tls) - TLS_SETTING_KEYS
+        if unknown:
+            raise TypeError(
+                f"unknown tls setting(s) {sorted(map(str, unknown))}; "
+                f"known: {sorted(TLS_SETTING_KEYS)}"
+            )
+        return dict(tls)
+    if hasattr(tls, "clientConnectionForTLS"):
+        return tls
+    raise TypeError(
+        "tls must be a dict of TLS settings or an IOpenSSLClientConnectionCreator, "
+        f"not {type(tls).__name__}"
+    )
+
+
+def _check_conflicts(secure: bool, ignore_tls: bool, require_tls: bool, opportunistic_tls: bool) -> None:
+    if ignore_tls and require_tls:
+        raise ValueError("ignore_tls and require_tls contradict each other")
+    if ignore_tls and opportunistic_tls:
+        raise ValueError("ignore_tls and opportunistic_tls contradict each other")
+    if require_tls and opportunistic_tls:
+        raise ValueError(
+            "require_tls (fail without TLS) and opportunistic_tls (go on without TLS) contradict each other"
+        )
+    if secure and ignore_tls:
+        raise ValueError("secure=True uses TLS from the first byte; ignore_tls=True contradicts it")
+    if secure and opportunistic_tls:
+        raise ValueError("secure=True uses TLS from the first byte; opportunistic_tls does not apply")
+
+
+def validate_options(
+    *,
+    host: object,
+    port: object,
+    secure: object,
+    ignore_tls: object,
+    require_tls: object,
+    opportunistic_tls: object,
+    name: object,
+    local_address: object,
+    connection_timeout: object,
+    greeting_timeout: object,
+    socket_timeout: object,
+    debug: object,
+    auth_method: object,
+    allow_insecure_auth: object,
+    tls: object,
+    endpoint: object,
+    connection: object,
+    lmtp: object,
+) -> ConnectionOptions:
+    """
+    Check every option and return them normalised.
+
+    :raises TypeError: for a value of the wrong type.
+    :raises ValueError: for a value out of range or options that contradict
+        each other.
+    """
+    if not isinstance(host, str) or not host:
+        raise TypeError(f"host must be a non-empty str, not {host!r}")
+    checked_host = _check_optional_text("host", host)
+    assert checked_host is not None
+    secure_b = _check_bool("secure", secure)
+    ignore_b = _check_bool("ignore_tls", ignore_tls)
+    require_b = _check_bool("require_tls", require_tls)
+    opportunistic_b = _check_bool("opportunistic_tls", opportunistic_tls)
+    _check_conflicts(secure_b, ignore_b, require_b, opportunistic_b)
+    checked_name = _check_optional_text("name", name)
+    if checked_name is not None:
+        checked_name = validate_client_name(checked_name)
+    method = _check_optional_text("auth_method", auth_method)
+    if endpoint is not None and not hasattr(endpoint, "connect"):
+        raise TypeError(f"endpoint must provide IStreamClientEndpoint, not {type(endpoint).__name__}")
+    if connection is not None and not isinstance(connection, socket.socket):
+        raise TypeError(f"connection must be a connected socket.socket, not {type(connection).__name__}")
+    if endpoint is not None and connection is not None:
+        raise ValueError("give either endpoint or connection, not both")
+    return ConnectionOptions(
+        host=checked_host.strip("[]") if ":" in checked_host else checked_host,
+        port=_check_port(port, secure_b),
+        secure=secure_b,
+        ignore_tls=ignore_b,
+        require_tls=require_b,
+        opportunistic_tls=opportunistic_b,
+        name=checked_name,
+        local_address=_check_optional_text("local_address", local_address),
+        connection_timeout=_check_timeout("connection_timeout", connection_timeout),
+        greeting_timeout=_check_timeout("greeting_timeout", greeting_timeout),
+        socket_timeout=_check_timeout("socket_timeout", socket_timeout),
+        debug=_check_bool("debug", debug),
+        auth_method=method.upper() if method else None,
+        allow_insecure_auth=_check_bool("allow_insecure_auth", allow_insecure_auth),
+        tls=_check_tls(tls),
+        endpoint=endpoint,
+        connection=connection,
+        lmtp=_check_bool("lmtp", lmtp),
+    )
