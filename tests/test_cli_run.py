@@ -36,14 +36,6 @@ EXAMPLES = REPO / "docs" / "examples"
 #: Seconds any one subprocess run may take before the test fails.
 RUN_LIMIT = 180
 
-# Lead: remove this marker once SMTPConnection does STARTTLS with
-# tls={"ca_certs": path} and login(Auth(user, password)); every test using it
-# exercises the embedded default's full path (STARTTLS, verification, AUTH).
-needs_tls_and_auth = pytest.mark.skip(
-    reason="needs STARTTLS with tls={'ca_certs': ...} and login(Auth(...)) in the "
-    "library (not landed yet); remove the needs_tls_and_auth marker when they land"
-)
-
 
 def subprocess_env() -> dict[str, str]:
     """
@@ -55,7 +47,8 @@ def subprocess_env() -> dict[str, str]:
     import twisted_smtpconn
 
     env = dict(os.environ)
-    if Path(twisted_smtpconn.__file__).resolve().is_relative_to(REPO):
+    # The source tree, not a wheel installed into REPO/.venv.
+    if Path(twisted_smtpconn.__file__).resolve().parent == REPO / "twisted_smtpconn":
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return env
 
@@ -351,7 +344,6 @@ async def test_embedded_default_cleartext(front_end: str, tmp_path: Path) -> Non
     shutil.rmtree(maildir.parent)
 
 
-@needs_tls_and_auth
 @pytest.mark.parametrize("front_end", sorted(FRONT_ENDS))
 @pytest_twisted.ensureDeferred
 async def test_embedded_default_full_path(front_end: str, tmp_path: Path) -> None:
@@ -372,7 +364,7 @@ async def test_embedded_default_full_path(front_end: str, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "variant",
     [pytest.param(["--ignore-tls"], id="cleartext"),
-     pytest.param([], id="full-path", marks=needs_tls_and_auth)],
+     pytest.param([], id="full-path")],
 )
 @pytest.mark.parametrize("name", ["script.toml", "script.json"])
 @pytest_twisted.ensureDeferred
@@ -397,7 +389,7 @@ async def test_documented_scripts_run(name: str, variant: list[str], tmp_path: P
 @pytest.mark.parametrize(
     "variant",
     [pytest.param(["--ignore-tls"], id="cleartext"),
-     pytest.param([], id="full-path", marks=needs_tls_and_auth)],
+     pytest.param([], id="full-path")],
 )
 @pytest_twisted.ensureDeferred
 async def test_spool_of_500_over_4_connections(variant: list[str], tmp_path: Path) -> None:

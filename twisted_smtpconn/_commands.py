@@ -44,6 +44,9 @@ _BODY_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 _UNSAFE = (b"\r", b"\n", b"\x00")
 
+#: RFC 1870: ``size-value ::= 1*20DIGIT``.
+_SIZE_VALUE_LIMIT = 10**20
+
 
 def validate_client_name(name: str) -> str:
     """
@@ -163,6 +166,10 @@ def mail_from_command(envelope: Envelope, extensions: Mapping[str, str], *, body
     smtputf8 = use_smtputf8(envelope, extensions)
     params: list[str] = []
     if envelope.size is not None and _offers(extensions, "SIZE"):
+        if envelope.size >= _SIZE_VALUE_LIMIT:
+            raise EnvelopeError(
+                f"size {envelope.size} cannot be sent: RFC 1870's SIZE= takes at most 20 digits"
+            )
         params.append(f"SIZE={envelope.size}")
     if body is not None:
         if not isinstance(body, str) or not _BODY_VALUE.fullmatch(body):

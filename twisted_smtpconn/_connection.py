@@ -11,6 +11,7 @@ dialogue itself to linear ``async def`` functions (:mod:`._session`,
 from __future__ import annotations
 
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -39,6 +40,34 @@ from ._transaction import reset_session, run_transaction
 __all__ = ["SMTPConnection"]
 
 _T = TypeVar("_T")
+
+class _Turn:
+    """
+    One operation's hold on the queue.  Released exactly once: when the
+    operation ends, or earlier when a send hands the wire over to the next
+    queued send (see :meth:`SMTPConnection._hand_over`).
+    """
+
+    __slots__ = ("_queue", "released")
+
+    def __init__(self, queue: DeferredLock) -> None:
+        self._queue = queue
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._queue.release()
+
+
+class _Waiter:
+    """An operation waiting for its turn (compared by identity)."""
+
+    __slots__ = ("action",)
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+
 
 #: How long quit() waits for the transport to go after QUIT was answered
 #: before dropping it (a TLS peer that never sends close_notify).
@@ -83,6 +112,7 @@ class SMTPConnection:
         connection: socket.socket | None = None,
         lmtp: bool = False,
         reactor: Any = None,
+        prefer_data: bool = False,
     ) -> None:
         self._options: ConnectionOptions = validate_options(
             host=host,
@@ -103,6 +133,7 @@ class SMTPConnection:
             endpoint=endpoint,
             connection=connection,
             lmtp=lmtp,
+            prefer_data=prefer_data,
         )
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -115,6 +146,10 @@ class SMTPConnection:
         self._events = EventEmitter(self._log)
         self._lifecycle = Lifecycle()
         self._queue = DeferredLock()
+        # The operations waiting for the queue, in the order the lock will
+        # serve them, and the turn of the one running.
+        self._waiting: deque[_Waiter] = deque()
+        self._turn = _Turn(self._queue)
         self._busy = 0
         self._protocol: SMTPClientProtocol | None = None
         self._server = ServerInfo()
@@ -247,8 +282,14 @@ class SMTPConnection:
         self, operation: Callable[[], Awaitable[_T]], action: str, allowed: tuple[State, ...]
     ) -> _T:
         self._busy += 1
+        waiter = _Waiter(action)
+        self._waiting.append(waiter)
         try:
-            await self._queue.acquire()
+            try:
+                await self._queue.acquire()
+            finally:
+                self._waiting.remove(waiter)
+            turn = self._turn = _Turn(self._queue)
             try:
                 if self._lifecycle.state not in allowed and self._error is not None:
                     raise self._error
@@ -263,7 +304,7 @@ class SMTPConnection:
                         self._fail(error)
                     raise
             finally:
-                self._queue.release()
+                turn.release()
         finally:
             self._busy -= 1
 
@@ -275,25 +316,16 @@ class SMTPConnection:
         return self._protocol
 
     async def _connect(self) -> SMTPConnection:
-        factory = SMTPClientFactory(clock=self._clock, options=self._options, wire_log=self._wire_log)
         try:
-            protocol = await open_protocol(
-                self._reactor, self._options, factory, wrap_endpoint=self._tls.implicit_wrapper()
-            )
+            protocol = await self._open_session()
         except SMTPConnectionError as error:
-            self._error = error
-            self._finish()
-            raise
-        self._attach(protocol)
-        await self._tls.start_implicit(protocol)
-        self.secure = self._tls.is_secure(protocol)
-        greeting = await read_greeting(protocol)
-        self.greeting = greeting.text
-        name = self._options.name or await default_client_name(self._reactor, protocol)
-        self._server = await say_hello(protocol, name, lmtp=self._options.lmtp)
-        upgraded = await self._tls.negotiate(protocol, self._server, lambda: say_hello(protocol, name, lmtp=self._options.lmtp))
-        if upgraded is not None:
-            self._server = upgraded
+            if not self._tls.may_retry_in_cleartext(error):
+                raise
+            # opportunistic_tls: the handshake failed and took the
+            # connection with it; open a new one and stay in cleartext.
+            self._abandon_protocol(error)
+            self._tls.retry_in_cleartext(error)
+            protocol = await self._open_session()
         self.secure = self._tls.is_secure(protocol)
         self._lifecycle.move(State.READY)
         self._log.info(
@@ -305,6 +337,83 @@ class SMTPConnection:
         )
         self._events.emit("connect")
         return self
+
+    async def _open_session(self) -> SMTPClientProtocol:
+        """
+        Open a transport and run the session's opening: implicit TLS,
+        greeting, hello, STARTTLS and the hello again.
+
+        ``secure`` and the server's hello info are reset first, so that a
+        second session (the cleartext retry) never inherits the first's.
+        """
+        self.secure = False
+        self._server = ServerInfo()
+        factory = SMTPClientFactory(clock=self._clock, options=self._options, wire_log=self._wire_log)
+        try:
+            protocol = await open_protocol(
+                self._reactor, self._options, factory, wrap_endpoint=self._tls.implicit_wrapper()
+            )
+        except SMTPConnectionError as error:
+            self._error = error
+            self._finish()
+            raise
+        self._attach(protocol)
+        await self._start_implicit_tls(protocol)
+        self.secure = self._tls.is_secure(protocol)
+        try:
+            greeting = await read_greeting(protocol)
+        except SMTPConnectionError as error:
+            raise self._tls.after_handshake(protocol, error) from None
+        self.greeting = greeting.text
+        name = self._options.name or await default_client_name(self._reactor, protocol)
+        self._server = await say_hello(protocol, name, lmtp=self._options.lmtp)
+        upgraded = await self._tls.negotiate(
+            protocol, self._server, lambda: say_hello(protocol, name, lmtp=self._options.lmtp)
+        )
+        if upgraded is not None:
+            # Replaced, never merged: nothing said in cleartext survives TLS.
+            self._server = upgraded
+        self.secure = self._tls.is_secure(protocol)
+        return protocol
+
+    async def _start_implicit_tls(self, protocol: SMTPClientProtocol) -> None:
+        """
+        ``secure=True``: the handshake, within ``connection_timeout`` (API.md:
+        the connection timeout covers TCP and implicit TLS).
+        """
+        if not self._options.secure:
+            return
+        from twisted.internet.defer import TimeoutError as DeferredTimeout
+
+        from ._errors import SMTPTimeoutError
+
+        handshake = Deferred.fromCoroutine(self._tls.start_implicit(protocol))
+        handshake.addTimeout(self._options.connection_timeout, self._clock)
+        try:
+            await handshake
+        except DeferredTimeout:
+            error = SMTPTimeoutError(
+                f"the TLS handshake with {self._options.host}:{self._options.port} did not complete "
+                f"within {self._options.connection_timeout:g} s"
+            )
+            protocol.abort(error)
+            raise error from None
+        finally:
+            if protocol.failure is not None:
+                # The greeting will never come; it is awaited since
+                # connectionMade, so consume its failure here.
+                protocol.wait_greeting().addErrback(lambda _: None)
+
+    def _abandon_protocol(self, error: SMTPConnectionError) -> None:
+        """Let go of a failed transport without ending the connection's life."""
+        old = self._protocol
+        if old is None:
+            return
+        old.on_lost = None
+        old.on_idle_failure = None
+        if old.is_open:
+            old.expect_close()
+            old.abort(error)
 
     async def _login(self, auth: Auth) -> None:
         protocol = self._require_protocol()
@@ -322,8 +431,16 @@ class SMTPConnection:
 
     async def _send(self, envelope: Envelope, message: object) -> SendInfo:
         protocol = self._require_protocol()
+        turn = self._turn
         info = await run_transaction(
-            protocol, self._clock, self._server.extensions, envelope, message, lmtp=self._options.lmtp
+            protocol,
+            self._clock,
+            self._server.extensions,
+            envelope,
+            message,
+            lmtp=self._options.lmtp,
+            prefer_data=self._options.prefer_data,
+            on_message_sent=lambda: self._hand_over(turn),
         )
         self._log.info(
             "message of {size} bytes accepted for {accepted} (rejected: {rejected}): {response}",
@@ -333,6 +450,17 @@ class SMTPConnection:
             response=info.response,
         )
         return info
+
+    def _hand_over(self, turn: _Turn) -> None:
+        """
+        A send's final dot is written and only the server's final reply is
+        awaited (with PIPELINING): if the next queued operation is a send,
+        let it start now, so its MAIL, RCPT and DATA follow the dot without
+        a round trip (RFC 2920).  Only a send: run_transaction explains why
+        that is safe, and nothing else (QUIT, RSET, AUTH) gains from it.
+        """
+        if self._waiting and self._waiting[0].action == "send":
+            turn.release()
 
     async def _reset(self) -> None:
         await reset_session(self._require_protocol())

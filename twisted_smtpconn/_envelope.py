@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 
 from ._errors import EnvelopeError
@@ -344,6 +344,10 @@ class Envelope:
         :class:`DSN` or a mapping with its keys.
     :ivar smtputf8: ``True`` to require SMTPUTF8, ``False`` to refuse it,
         ``None`` to use it exactly when an address is non-ASCII.
+    :ivar binary: the message is binary content (RFC 3030 BINARYMIME): it
+        is sent byte for byte, line ends untouched, as BDAT chunks with
+        ``BODY=BINARYMIME``.  The server must offer CHUNKING and BINARYMIME,
+        else the send fails with ``EENVELOPE`` before anything is sent.
     """
 
     mail_from: str
@@ -352,6 +356,7 @@ class Envelope:
     use_8bit_mime: bool
     dsn: DSN | None
     smtputf8: bool | None
+    binary: bool
 
     def __init__(
         self,
@@ -361,6 +366,7 @@ class Envelope:
         use_8bit_mime: bool = False,
         dsn: DSN | Mapping[str, object] | None = None,
         smtputf8: bool | None = None,
+        binary: bool = False,
     ) -> None:
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int):
@@ -371,12 +377,25 @@ class Envelope:
             raise TypeError(f"use_8bit_mime must be a bool, not {type(use_8bit_mime).__name__}")
         if smtputf8 is not None and not isinstance(smtputf8, bool):
             raise TypeError(f"smtputf8 must be a bool or None, not {type(smtputf8).__name__}")
+        if not isinstance(binary, bool):
+            raise TypeError(f"binary must be a bool, not {type(binary).__name__}")
         object.__setattr__(self, "mail_from", check_address("mail_from", mail_from, allow_empty=True))
         object.__setattr__(self, "rcpt_to", _check_recipients(rcpt_to))
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "use_8bit_mime", use_8bit_mime)
         object.__setattr__(self, "dsn", coerce_dsn(dsn))
         object.__setattr__(self, "smtputf8", smtputf8)
+        object.__setattr__(self, "binary", binary)
+
+    def __repr__(self) -> str:
+        # ``binary`` is shown only when set, so that the repr of every
+        # envelope made before the field existed stays what it was.
+        shown = [
+            f"{item.name}={getattr(self, item.name)!r}"
+            for item in fields(self)
+            if item.name != "binary" or self.binary
+        ]
+        return f"Envelope({', '.join(shown)})"
 
     @property
     def needs_smtputf8(self) -> bool:
@@ -400,6 +419,7 @@ _ENVELOPE_KEYS: Mapping[str, str] = MappingProxyType(
         "use_8bit_mime": "use_8bit_mime",
         "dsn": "dsn",
         "smtputf8": "smtputf8",
+        "binary": "binary",
     }
 )
 
@@ -410,10 +430,10 @@ def coerce_envelope(value: Envelope | Mapping[str, object]) -> Envelope:
 
     The mapping may use the seed's keys (``from``, ``to``, ``size``,
     ``use8BitMime``, ``dsn``) or the attribute names (``mail_from``,
-    ``rcpt_to``, ``use_8bit_mime``, ``smtputf8``).  ``from`` is required:
-    unlike the seed, a missing sender is not silently taken as the null
-    sender ``<>`` (pass ``""`` for that).  A missing ``to`` is an envelope
-    without recipients.
+    ``rcpt_to``, ``use_8bit_mime``, ``smtputf8``, ``binary``).  ``from`` is
+    required: unlike the seed, a missing sender is not silently taken as the
+    null sender ``<>`` (pass ``""`` for that).  A missing ``to`` is an
+    envelope without recipients.
 
     :raises TypeError: not an Envelope or mapping, an unknown or repeated key,
         no ``from``, or a value of the wrong type.
@@ -445,4 +465,5 @@ def coerce_envelope(value: Envelope | Mapping[str, object]) -> Envelope:
         use_8bit_mime=arguments.get("use_8bit_mime", False),  # type: ignore[arg-type]
         dsn=arguments.get("dsn"),  # type: ignore[arg-type]
         smtputf8=arguments.get("smtputf8"),  # type: ignore[arg-type]
+        binary=arguments.get("binary", False),  # type: ignore[arg-type]
     )

@@ -8,6 +8,7 @@ inside the dialogue, and so that the rest of the code can trust them.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class ConnectionOptions:
     endpoint: Any
     connection: socket.socket | None
     lmtp: bool
+    #: Send with DATA even when the server offers CHUNKING (BDAT).
+    prefer_data: bool = False
 
 
 def _check_bool(option: str, value: object) -> bool:
@@ -74,6 +77,22 @@ def _check_optional_text(option: str, value: object) -> str | None:
     return value
 
 
+def _check_local_address(value: object) -> str | None:
+    """
+    An IP address to bind to, or None.  Checked here because a bind to a
+    name that is not an address fails only inside the connect, as an
+    unhelpful ``ECONNECTION``.
+    """
+    text = _check_optional_text("local_address", value)
+    if text is None:
+        return None
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"local_address must be an IP address of this host, not {text!r}") from None
+    return text
+
+
 def _check_port(port: object, secure: bool) -> int:
     if port is None:
         return _IMPLICIT_TLS_PORT if secure else _SMTP_PORT
@@ -94,7 +113,9 @@ def _check_tls(tls: object) -> object:
                 f"unknown tls setting(s) {sorted(map(str, unknown))}; "
                 f"known: {sorted(TLS_SETTING_KEYS)}"
             )
-        return dict(tls)
+        from ._tls_settings import check_tls_settings
+
+        return check_tls_settings(tls)
     if hasattr(tls, "clientConnectionForTLS"):
         return tls
     raise TypeError(
@@ -138,6 +159,7 @@ def validate_options(
     endpoint: object,
     connection: object,
     lmtp: object,
+    prefer_data: object = False,
 ) -> ConnectionOptions:
     """
     Check every option and return them normalised.
@@ -173,7 +195,7 @@ def validate_options(
         require_tls=require_b,
         opportunistic_tls=opportunistic_b,
         name=checked_name,
-        local_address=_check_optional_text("local_address", local_address),
+        local_address=_check_local_address(local_address),
         connection_timeout=_check_timeout("connection_timeout", connection_timeout),
         greeting_timeout=_check_timeout("greeting_timeout", greeting_timeout),
         socket_timeout=_check_timeout("socket_timeout", socket_timeout),
@@ -184,4 +206,5 @@ def validate_options(
         endpoint=endpoint,
         connection=connection,
         lmtp=_check_bool("lmtp", lmtp),
+        prefer_data=_check_bool("prefer_data", prefer_data),
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
@@ -48,6 +48,8 @@ class BodyProducer:
         self._started = False
         # Fired by resumeProducing/stopProducing while the loop waits.
         self._wakeup: Deferred[None] | None = None
+        # The wait for the source's next piece, cancelled by stopProducing.
+        self._pending: Deferred[tuple[bool, bytes]] | None = None
 
     @property
     def paused(self) -> bool:
@@ -84,7 +86,10 @@ class BodyProducer:
         written = 0
         try:
             self._check_stopped()
-            async for piece in pieces:
+            while True:
+                more, piece = await self._next_piece(pieces)
+                if not more:
+                    break
                 # Wait here, with the next piece in hand, rather than right
                 # after a write: the last piece then needs no resume, and a
                 # failing source is reported at once even while paused.
@@ -105,6 +110,27 @@ class BodyProducer:
             self._wakeup = None
             self._consumer.unregisterProducer()
         return written
+
+    async def _next_piece(self, pieces: AsyncIterator[bytes]) -> tuple[bool, bytes]:
+        """
+        ``(True, piece)``, or ``(False, b"")`` at the end of ``pieces``.
+
+        Awaited so that :meth:`stopProducing` can interrupt it: a source that
+        stalls (a caller's generator waiting for something that never comes)
+        must not outlive the connection.  The wait is cancelled, which tells
+        the source nobody waits for it any more, and the usual error follows.
+        """
+        step = Deferred.fromCoroutine(_next_of(pieces))
+        if step.called:
+            return await step
+        self._pending = step
+        try:
+            return await step
+        except CancelledError:
+            self._check_stopped()
+            raise
+        finally:
+            self._pending = None
 
     def _check_stopped(self) -> None:
         if self._stopped:
@@ -131,6 +157,17 @@ class BodyProducer:
         self._stopped = True
         self._paused = False
         self._wake()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+
+
+async def _next_of(pieces: AsyncIterator[bytes]) -> tuple[bool, bytes]:
+    """One step of ``pieces``; the end is a value, not an exception to carry."""
+    try:
+        return True, await anext(pieces)
+    except StopAsyncIteration:
+        return False, b""
 
 
 async def _close_quietly(pieces: AsyncIterator[bytes]) -> None:

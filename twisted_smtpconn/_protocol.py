@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred
@@ -49,18 +50,21 @@ MAX_LINE_LENGTH = 8192
 
 
 def _describe_loss(reason: Failure) -> SMTPConnectionError:
-    """Map the reason a transport closed to the contract's error."""
+    """
+    Map the reason a transport closed to the contract's error.
+
+    TLS failures come first and keep their reason (unknown CA, name
+    mismatch, expired, no common version...): see :mod:`._tls_errors`.
+    """
+    from ._tls_errors import describe_tls_failure
+
+    tls_error = describe_tls_failure(reason)
+    if tls_error is not None:
+        return tls_error
     if isinstance(reason.value, neterror.ConnectionDone):
         return ConnectionFailedError("connection closed by the server")
     if isinstance(reason.value, neterror.ConnectionLost):
         return ConnectionFailedError(f"connection lost: {reason.getErrorMessage()}")
-    try:
-        from OpenSSL.SSL import Error as OpenSSLError
-    except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
-        pass
-    else:
-        if isinstance(reason.value, OpenSSLError):
-            return TLSError(f"TLS failed: {reason.getErrorMessage()}")
     return SocketError(f"socket error: {reason.getErrorMessage()}")
 
 
@@ -128,16 +132,20 @@ class SMTPClientProtocol(LineReceiver):
         self._cancel_timer()
         if self.failure is None:
             if self._closing_expected:
-                self.failure = ConnectionFailedError("connection closed")
+                # Still fail the waiters: a server may close without
+                # answering QUIT, and quit() must not wait for that answer.
+                self._record_failure(ConnectionFailedError("connection closed"))
             else:
                 self._record_failure(_describe_loss(reason))
         else:
             self._fail_waiters(self.failure)
+        # The owner learns first, so that whoever waits for the loss sees
+        # the connection already closed ("end" fired, secure False).
+        if self.on_lost is not None:
+            self.on_lost()
         waiters, self._lost_waiters = self._lost_waiters, []
         for d in waiters:
             d.callback(None)
-        if self.on_lost is not None:
-            self.on_lost()
 
     def wait_greeting(self) -> Deferred[Reply]:
         """The greeting, awaited since the connection was made."""
@@ -180,8 +188,14 @@ class SMTPClientProtocol(LineReceiver):
         self._timer = None
 
     def _touch(self) -> None:
-        """Activity on the socket: restart the inactivity countdown."""
-        if self._timer is not None and self._timer.active():
+        """
+        Activity on the socket: restart the inactivity countdown.
+
+        Not before the greeting: ``greeting_timeout`` is a deadline from the
+        connect (API.md), or a server trickling one byte at a time could
+        hold the client for as long as it likes.
+        """
+        if self._greeting_done and self._timer is not None and self._timer.active():
             self._timer.reset(self._timeout)
 
     def _timed_out(self) -> None:
@@ -333,7 +347,15 @@ class SMTPClientProtocol(LineReceiver):
             return d
         self._handshake_waiters.append(d)
         self.clearLineBuffer()  # type: ignore[no-untyped-call]
-        self.transport.startTLS(creator)  # type: ignore[union-attr]
+        from twisted.internet.tcp import Server
+
+        transport: Any = self.transport
+        if isinstance(transport, Server):
+            # An adopted socket is a server-side transport in Twisted, and
+            # its startTLS would act as the TLS server unless told otherwise.
+            transport.startTLS(creator, False)  # type: ignore[no-untyped-call]
+        else:
+            transport.startTLS(creator)
         return d
 
     def handshakeCompleted(self) -> None:

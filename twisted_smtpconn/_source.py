@@ -24,7 +24,8 @@ Two kinds of failure are kept apart on purpose:
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Callable, cast
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -63,6 +64,9 @@ def _kind(message: object) -> str:
                 f"message is a text-mode file ({type(message).__name__}); open it in binary mode ('rb')"
             )
         return "file"
+    if isinstance(message, (Mapping, AbstractSet)):
+        # Iterable, but of keys or in no order: never a message's chunks.
+        raise TypeError(f"message must be {_ACCEPTED}, not {type(message).__name__}")
     if isinstance(message, AsyncIterable):
         return "async-iterable"
     if isinstance(message, Iterable):

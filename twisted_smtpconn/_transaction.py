@@ -11,12 +11,13 @@ send reports success only after the server's final 2xx to the message.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from . import _bdat
 from ._commands import mail_from_command, rcpt_to_command, use_smtputf8
 from ._dotstuff import BodyEncoder
 from ._ehlo import size_limit
@@ -32,7 +33,7 @@ from ._protocol import SMTPClientProtocol
 from ._reply import Reply
 from ._sendinfo import SendInfo
 from ._session import closing_error
-from ._source import iterate_message
+from ._source import DEFAULT_CHUNK_SIZE, iterate_message
 
 __all__ = ["run_transaction", "reset_session"]
 
@@ -45,14 +46,14 @@ class _Commands:
     rcpts: list[tuple[str, bytes]]
 
 
-def _render(envelope: Envelope, extensions: Mapping[str, str]) -> _Commands:
+def _render(envelope: Envelope, extensions: Mapping[str, str], body: str | None = None) -> _Commands:
     limit = size_limit(extensions)
     if limit is not None and envelope.size is not None and envelope.size > limit:
         raise MessageError(
             f"the message ({envelope.size} bytes) is larger than the server's limit of {limit} bytes"
         )
     smtputf8 = use_smtputf8(envelope, extensions)
-    mail = mail_from_command(envelope, extensions)
+    mail = mail_from_command(envelope, extensions, body=body)
     rcpts = [
         (address, rcpt_to_command(address, envelope.dsn, extensions, smtputf8=smtputf8))
         for address in envelope.rcpt_to
@@ -73,6 +74,28 @@ def _reply_error(
         enhanced_status=reply.enhanced_status,
         recipient=recipient,
     )
+
+
+def _small_message(message: object) -> bytes | None:
+    """
+    The message as one ``bytes`` when it is a ``bytes`` or ``str`` no larger
+    than one chunk of the stream, else ``None``.
+
+    Such a message is encoded and written in one go: streaming it would cost
+    a producer registration and three async generators for a single write,
+    which for the typical few-kilobyte message is most of the time spent on
+    the body, and memory stays bounded by the chunk size all the same.  A
+    ``str`` that cannot be encoded goes the streaming way, which reports it
+    as ``ESTREAM``.
+    """
+    if type(message) is bytes:
+        return message if len(message) <= DEFAULT_CHUNK_SIZE else None
+    if type(message) is str and len(message) <= DEFAULT_CHUNK_SIZE // 4:
+        try:
+            return message.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    return None
 
 
 async def reset_session(protocol: SMTPClientProtocol) -> Reply:
@@ -129,7 +152,13 @@ async def _stepwise_envelope(protocol: SMTPClientProtocol, commands: _Commands) 
     mail_reply = await protocol.send_command(commands.mail)
     if not mail_reply.is_positive:
         raise _reply_error(EnvelopeError, "the server refused the sender", mail_reply, commands.mail)
-    replies = [await protocol.send_command(line) for _, line in commands.rcpts]
+    replies = []
+    for _, line in commands.rcpts:
+        reply = await protocol.send_command(line)
+        if reply.code == 421:
+            # The server is going away: not one more command.
+            raise closing_error(reply, line.decode("utf-8", "replace"))
+        replies.append(reply)
     accepted, rejected, errors = _sort_recipients(commands.rcpts, replies)
     if not accepted:
         await reset_session(protocol)
@@ -163,7 +192,9 @@ async def _pipelined_envelope(protocol: SMTPClientProtocol, commands: _Commands)
     if data_reply.code == 354:
         # A server that wrongly accepted DATA with nobody to deliver to:
         # end the (empty) message at once; it goes nowhere.
-        await protocol.send_command(b".")
+        end_reply = await protocol.send_command(b".")
+        if end_reply.code == 421:
+            raise closing_error(end_reply, ".")
     await reset_session(protocol)
     if not mail_reply.is_positive:
         raise _reply_error(EnvelopeError, "the server refused the sender", mail_reply, commands.mail)
@@ -178,9 +209,24 @@ async def run_transaction(
     message: object,
     *,
     lmtp: bool,
+    prefer_data: bool = False,
+    on_message_sent: Callable[[], None] | None = None,
 ) -> SendInfo:
     """
     Send ``message`` to ``envelope``'s recipients over an open session.
+
+    When the server offers CHUNKING (and ``prefer_data`` is false, or the
+    envelope is ``binary``) the message goes as BDAT chunks: see
+    :mod:`twisted_smtpconn._bdat`.
+
+    :param on_message_sent: called once the final dot is written, when the
+        server offers PIPELINING and only the final reply(ies) remain to be
+        read.  From then on the next transaction's MAIL, RCPT and DATA may
+        follow on the wire (RFC 2920: message content may be the first
+        "command" of a group): whatever that reply says, the server's
+        transaction ends with it, nothing of ours is sent in between (no
+        RSET follows a refused message), and replies pair with commands in
+        the order sent.
 
     :raises EnvelopeError: sender refused, or every recipient refused (the
         session is reset and stays usable).
@@ -190,6 +236,18 @@ async def run_transaction(
         be withdrawn once DATA started, so the connection is closed (nothing
         is delivered: the final dot was never sent).
     """
+    if _bdat.use_chunking(extensions, envelope, prefer_data=prefer_data):
+        commands = _render(envelope, extensions, "BINARYMIME" if envelope.binary else None)
+        return await _bdat.bdat_transaction(
+            protocol,
+            clock,
+            commands.mail,
+            commands.rcpts,
+            message,
+            pipelining="PIPELINING" in extensions,
+            lmtp=lmtp,
+            binary=envelope.binary,
+        )
     commands = _render(envelope, extensions)
     started = clock.seconds()
 
@@ -210,8 +268,15 @@ async def run_transaction(
     # server sends early (an error mid-DATA) is never taken as unsolicited.
     finals: list[Deferred[Reply]] = [protocol.expect_reply() for _ in (accepted if lmtp else [None])]
     encoder = BodyEncoder()
+    small = _small_message(message)
     try:
-        await BodyProducer(protocol.consumer()).write_all(encoded(iterate_message(message), encoder))
+        if small is not None:
+            if protocol.failure is not None:
+                # The connection is already gone: nothing can be sent.
+                raise protocol.failure
+            protocol.consumer().write(encoder.encode(small) + encoder.finish())
+        else:
+            await BodyProducer(protocol.consumer()).write_all(encoded(iterate_message(message), encoder))
     except BaseException as error:
         for waiting in finals:
             waiting.addErrback(lambda _: None)
@@ -222,6 +287,8 @@ async def run_transaction(
             raise protocol.failure from error
         raise
 
+    if on_message_sent is not None and "PIPELINING" in extensions:
+        on_message_sent()
     try:
         replies = [await waiting for waiting in finals]
     except SMTPConnectionError as error:
