@@ -33,7 +33,7 @@ step() {
 }
 
 # -- 1. system packages ------------------------------------------------------
-apt_packages=(postfix dovecot-core)
+apt_packages=(postfix dovecot-core time)
 if ! "$python" -c "import ensurepip" >/dev/null 2>&1; then
     # Debian's python3 ships venv's pip bootstrap separately.
     apt_packages+=(python3-venv)

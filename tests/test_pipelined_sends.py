@@ -215,3 +215,42 @@ def test_bdat_transactions_do_not_overlap() -> None:
     assert wire.client().startswith(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<two@x.org>\r\nBDAT 8 LAST")
     wire.server(b"250 ok\r\n250 ok\r\n250 second\r\n")
     assert result(d2).response == "250 second"
+
+
+# -- the one-write path for small messages ----------------------------------------------------
+
+
+def test_small_and_streamed_messages_give_the_same_bytes() -> None:
+    """A message up to one chunk is written at once; one byte more streams; both encode alike."""
+    from twisted_smtpconn._source import DEFAULT_CHUNK_SIZE
+
+    line = b".dotted line\nbare lf\r\n"
+    for size in (DEFAULT_CHUNK_SIZE - 1, DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_SIZE + 1):
+        message = (line * (size // len(line) + 1))[:size]
+        wire = connected()
+        d = wire.conn.send(ENVELOPE_1, message)
+        wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        body = wire.client()[len(GROUP_1) :]
+        normalised = message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        if not normalised.endswith(b"\r\n"):
+            normalised += b"\r\n"
+        stuffed = (b"\r\n" + normalised).replace(b"\r\n.", b"\r\n..")[2:]
+        assert body == stuffed + b".\r\n"
+        wire.server(b"250 ok\r\n")
+        assert result(d).message_size == len(normalised)
+
+
+def test_small_str_message_is_utf8() -> None:
+    wire = connected()
+    d = wire.conn.send(ENVELOPE_1, "Subject: h\u00e9\n\n.caf\u00e9")
+    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    assert wire.client().endswith("Subject: h\u00e9\r\n\r\n..caf\u00e9\r\n.\r\n".encode())
+    wire.server(b"250 ok\r\n")
+    result(d)
+
+
+def test_unencodable_str_still_fails_with_estream() -> None:
+    wire = connected()
+    d = wire.conn.send(ENVELOPE_1, "lone surrogate \ud800")
+    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    assert failure(d).code == "ESTREAM"

@@ -46,9 +46,12 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from .ports import LOOPBACK, free_port
 
 __all__ = [
+    "DEFAULT_DATA_SIZE_LIMIT",
+    "DEFAULT_SERVER_HOSTNAME",
     "AiosmtpdServer",
     "MessageRecorder",
     "ReceivedMessage",
+    "RecordingEnvelope",
     "RecordingHandler",
     "RecordingLMTP",
     "RecordingSMTP",
@@ -372,7 +375,9 @@ class RecordingEnvelope(Envelope):
         self.raw_rcpt_options: list[tuple[str, ...]] = []
 
 
-#: RFC 3461 parameter checks: keyword -> validator of the raw value.
+# RFC 3461 parameter checks, each a validator of the raw value.
+
+
 def _xtext_ok(value: str) -> bool:
     """
     RFC 3461 xtext: printable ASCII except ``+`` and ``=``, or ``+XX`` with

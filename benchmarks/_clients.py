@@ -1,0 +1,328 @@
+"""
+One client, one scenario, in a process of its own.
+
+Run by ``bench.py`` as ``python _clients.py CLIENT SCENARIO HOST PORT
+COUNT SIZE``; prints one JSON object: ``elapsed`` (seconds from before
+connecting to after the last connection closed), ``messages`` and
+``bytes`` (the CRLF size of what was sent).  Peak RSS is measured by the
+parent (``os.wait4``), so it covers everything this process did.
+
+Scenarios:
+
+``one``
+    ``COUNT`` small messages over one connection.
+``large``
+    One 20 MiB message (``SIZE`` is ignored).
+``pool``
+    ``COUNT`` small messages over 10 connections.
+``huge``
+    One generated message of ``SIZE`` bytes, each client sending it the way
+    it can: ours and twisted.mail.smtp stream it, smtplib and aiosmtplib
+    take it whole, as ``bytes``.
+
+``twisted_smtpconn``'s clients use its public API only.  The others use
+their libraries the way their documentation shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import smtplib
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _messages import (  # noqa: E402
+    RECIPIENT,
+    SENDER,
+    generated_chunks,
+    generated_lf_chunks,
+    generated_size,
+    large_message,
+    small_message,
+    to_lf,
+)
+
+CONNECTIONS = 10
+CLIENT_NAME = "client.example"
+
+
+def _message(scenario: str, size: int) -> bytes:
+    """
+    The message of ``scenario`` as bytes, made before the clock starts (the
+    generated one only for the clients that need it whole in memory).
+    """
+    if scenario == "large":
+        return large_message()
+    if scenario == "huge":
+        return b"".join(generated_chunks(size))
+    return small_message()
+
+
+def _sent(scenario: str, count: int, size: int) -> int:
+    """The CRLF bytes of the messages of ``scenario``."""
+    if scenario == "huge":
+        return generated_size(size)
+    if scenario == "large":
+        return len(large_message())
+    return count * len(small_message())
+
+
+# -- twisted_smtpconn ----------------------------------------------------------------
+
+
+def run_ours(scenario: str, host: str, port: int, count: int, size: int) -> dict[str, Any]:
+    from twisted.internet import task
+    from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+
+    from twisted_smtpconn import Envelope, SMTPConnection, SMTPPool
+
+    # Streamed, never whole: a generator over one 64 KiB block.
+    message: object = None if scenario == "huge" else _message(scenario, size)
+    envelope = Envelope(SENDER, [RECIPIENT])
+
+    async def one_connection(reactor: Any, n: int) -> None:
+        conn = SMTPConnection(host, port, name=CLIENT_NAME, reactor=reactor)
+        await conn.connect()
+        # Keep the next send queued behind the one running, as a caller
+        # with more than one message does: its envelope then follows the
+        # previous message's final dot (PIPELINING).
+        in_flight: deque[Deferred[Any]] = deque()
+        for _ in range(n):
+            body = generated_chunks(size) if message is None else message
+            in_flight.append(conn.send(envelope, body))
+            if len(in_flight) > 1:
+                await in_flight.popleft()
+        while in_flight:
+            await in_flight.popleft()
+        await conn.quit()
+
+    async def main(reactor: Any) -> None:
+        started = time.perf_counter()
+        if scenario == "pool":
+            pool = SMTPPool(
+                host, port, max_connections=CONNECTIONS, max_messages=count, name=CLIENT_NAME, reactor=reactor
+            )
+            await gatherResults([pool.send(envelope, message) for _ in range(count)])
+            await pool.close()
+        else:
+            await one_connection(reactor, count if scenario == "one" else 1)
+        _emit({"elapsed": time.perf_counter() - started, "bytes": _sent(scenario, count, size)})
+
+    task.react(lambda reactor: ensureDeferred(main(reactor)))  # exits the process
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -- smtplib ---------------------------------------------------------------------------
+
+
+def _shares(count: int) -> list[int]:
+    """``count`` messages split over :data:`CONNECTIONS` connections."""
+    base, extra = divmod(count, CONNECTIONS)
+    return [base + (1 if n < extra else 0) for n in range(CONNECTIONS)]
+
+
+def run_smtplib(scenario: str, host: str, port: int, count: int, size: int) -> dict[str, Any]:
+    message = _message(scenario, size)
+
+    def one_connection(n: int) -> None:
+        with smtplib.SMTP(host, port, local_hostname=CLIENT_NAME) as client:
+            for _ in range(n):
+                client.sendmail(SENDER, [RECIPIENT], message)
+
+    started = time.perf_counter()
+    if scenario == "pool":
+        # One thread per connection, as smtplib is blocking.
+        errors: list[BaseException] = []
+
+        def worker(n: int) -> None:
+            try:
+                one_connection(n)
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in _shares(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+    else:
+        one_connection(count if scenario == "one" else 1)
+    return {"elapsed": time.perf_counter() - started, "bytes": _sent(scenario, count, size)}
+
+
+# -- aiosmtplib ------------------------------------------------------------------------
+
+
+def run_aiosmtplib(scenario: str, host: str, port: int, count: int, size: int) -> dict[str, Any]:
+    import aiosmtplib
+
+    message = _message(scenario, size)
+
+    async def one_connection(n: int) -> None:
+        client = aiosmtplib.SMTP(hostname=host, port=port, local_hostname=CLIENT_NAME, start_tls=False)
+        async with client:
+            for _ in range(n):
+                await client.sendmail(SENDER, [RECIPIENT], message)
+
+    async def main() -> None:
+        if scenario == "pool":
+            await asyncio.gather(*(one_connection(n) for n in _shares(count)))
+        else:
+            await one_connection(count if scenario == "one" else 1)
+
+    started = time.perf_counter()
+    asyncio.run(main())
+    return {"elapsed": time.perf_counter() - started, "bytes": _sent(scenario, count, size)}
+
+
+# -- twisted.mail.smtp ----------------------------------------------------------------------
+
+
+class _GeneratedFile(io.RawIOBase):
+    """A read-only file whose content is generated as it is read."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if size < 0:
+            size = len(self._buffer)
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+
+def run_twisted_mail(scenario: str, host: str, port: int, count: int, size: int) -> dict[str, Any]:
+    from twisted.internet import defer, protocol, task
+    from twisted.mail import smtp
+
+    # twisted.mail.smtp turns every LF into CRLF itself: give it LF.
+    lf = b"" if scenario == "huge" else to_lf(_message(scenario, size))
+
+    def make_file() -> Any:
+        if scenario == "huge":
+            return _GeneratedFile(generated_lf_chunks(size))
+        return io.BytesIO(lf)
+
+    class Sender(smtp.ESMTPClient):
+        """Sends ``n`` messages over one connection, then QUIT."""
+
+        def __init__(self, n: int, done: defer.Deferred[None]) -> None:
+            super().__init__(  # type: ignore[no-untyped-call]
+                secret=None, contextFactory=None, identity=CLIENT_NAME
+            )
+            self.requireAuthentication = False
+            self.requireTransportSecurity = False
+            self._left = n
+            self._done = done
+            self._failure: Exception | None = None
+
+        def connectionMade(self) -> None:
+            # Not done by twisted.mail.smtp itself: without it every command
+            # waits ~40 ms for the server's delayed ACK (Nagle), and the
+            # 2,000-message run takes minutes.
+            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+            super().connectionMade()  # type: ignore[no-untyped-call]
+
+        def getMailFrom(self) -> str | None:
+            return SENDER if self._left > 0 else None
+
+        def getMailTo(self) -> list[str]:
+            return [RECIPIENT]
+
+        def getMailData(self) -> Any:
+            return make_file()
+
+        def sentMail(self, code: int, resp: bytes, numOk: int, addresses: Any, log: Any) -> None:
+            self._left -= 1
+            if code not in smtp.SUCCESS:
+                self._failure = RuntimeError(f"message refused: {code} {resp!r}")
+
+        def smtpTransferFailed(self, code: int, resp: bytes) -> None:
+            self._failure = RuntimeError(f"transfer failed: {code} {resp!r}")
+
+        def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
+            if not self._done.called:
+                if self._failure is not None:
+                    self._done.errback(self._failure)
+                elif self._left:
+                    self._done.errback(RuntimeError(f"connection lost with {self._left} messages unsent"))
+                else:
+                    self._done.callback(None)
+
+    def one_connection(reactor: Any, n: int) -> defer.Deferred[None]:
+        done: defer.Deferred[None] = defer.Deferred()
+        factory = protocol.ClientFactory()
+        factory.buildProtocol = lambda addr: Sender(n, done)  # type: ignore[method-assign]
+        failed = lambda connector, reason: done.errback(reason)  # noqa: E731
+        factory.clientConnectionFailed = failed  # type: ignore[method-assign]
+        reactor.connectTCP(host, port, factory)
+        return done
+
+    async def main(reactor: Any) -> None:
+        started = time.perf_counter()
+        if scenario == "pool":
+            await defer.gatherResults([one_connection(reactor, n) for n in _shares(count)])
+        else:
+            await one_connection(reactor, count if scenario == "one" else 1)
+        _emit({"elapsed": time.perf_counter() - started, "bytes": _sent(scenario, count, size)})
+
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+RUNNERS: dict[str, Callable[[str, str, int, int, int], dict[str, Any]]] = {
+    "twisted_smtpconn": run_ours,
+    "smtplib": run_smtplib,
+    "aiosmtplib": run_aiosmtplib,
+    "twisted.mail.smtp": run_twisted_mail,
+}
+
+
+def _peak_rss_kib() -> int | None:
+    """This process's own peak RSS (``VmHWM``), in KiB, where /proc has it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _emit(result: dict[str, Any]) -> None:
+    result["vmhwm_kib"] = _peak_rss_kib()
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str]) -> None:
+    client, scenario, host, port, count, size = argv
+    result = RUNNERS[client](scenario, host, int(port), int(count), int(size))
+    _emit(result)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
