@@ -15,7 +15,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +22,8 @@ from typing import Any, TypeVar
 import pytest
 import pytest_twisted
 
+from realservers.ports import free_port
+from runtools import REPO, subprocess_env, twistd_command
 from twisted_smtpconn._sink import (
     CapturedMessage,
     RunningSink,
@@ -34,7 +35,6 @@ from twisted_smtpconn._sink import (
 T = TypeVar("T")
 
 PASSWORD = "s3cret pass"
-REPO = Path(__file__).resolve().parent.parent
 
 
 async def in_thread(f: Callable[[], T]) -> T:
@@ -430,35 +430,6 @@ def test_sink_options_password_from_file(tmp_path: Path) -> None:
     options = Options()
     options.parseOptions(["--password-file", str(secret)])
     assert options["password"] == "from file"
-
-
-def subprocess_env() -> dict[str, str]:
-    """
-    The environment for subprocesses: when the package under test is the
-    source tree, put the repository root on ``PYTHONPATH`` (Twisted then
-    finds the dropin in ``twisted/plugins``); an installed wheel is found
-    as it is.
-    """
-    import twisted_smtpconn
-
-    env = dict(os.environ)
-    if Path(twisted_smtpconn.__file__).resolve().is_relative_to(REPO):
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
-
-
-def twistd_command() -> list[str]:
-    """The ``twistd`` script of this interpreter's environment."""
-    script = Path(sys.executable).parent / "twistd"
-    if script.exists():
-        return [sys.executable, str(script)]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest_twisted.ensureDeferred
