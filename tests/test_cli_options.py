@@ -1,7 +1,8 @@
 """
 Tests for ``smtpsend``'s option parsing, script loading, job building,
-exit-status mapping and worker policy: everything short of a real run
-(those are in ``test_cli_run.py``).
+exit-status mapping and delivery policy (over a real ``SMTPPool`` and a
+scripted server): everything short of a real run (those are in
+``test_cli_run.py``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.error import ConnectionLost
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from twisted_smtpconn import (
     AuthenticationError,
@@ -45,7 +47,7 @@ from twisted_smtpconn._cli._results import Outcome, Tally
 from twisted_smtpconn._cli._script import load_script
 from twisted_smtpconn._cli._settings import resolve_settings
 from twisted_smtpconn._cli._sources import collect_jobs
-from twisted_smtpconn._cli._workers import JobQueue, RunControl, deliver_all
+from twisted_smtpconn._cli._workers import BROKEN_PER_CONNECTION, WINDOW_PER_CONNECTION, RunControl, deliver_all
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "examples"
 
@@ -93,6 +95,16 @@ def test_typed_values() -> None:
         ["--spool", "d", "--port", "smtp"],
         ["--spool", "d", "--connections", "0"],
         ["--spool", "d", "--connections", "101"],
+        ["--spool", "d", "--max-messages-per-connection", "0"],
+        ["--spool", "d", "--max-messages-per-connection", "many"],
+        ["--spool", "d", "--retries", "-1"],
+        ["--spool", "d", "--retries", "11"],
+        ["--spool", "d", "--rate", "0/1"],
+        ["--spool", "d", "--rate", "10/0"],
+        ["--spool", "d", "--rate", "10/-1"],
+        ["--spool", "d", "--rate", "10/inf"],
+        ["--spool", "d", "--rate", "fast"],
+        ["--spool", "d", "--rate", "1.5/1"],
         ["--spool", "d", "--socket-timeout", "0"],
         ["--spool", "d", "--socket-timeout", "-1"],
         ["--spool", "d", "--socket-timeout", "nan"],
@@ -113,6 +125,16 @@ def test_typed_values() -> None:
 def test_bad_usage(argv: list[str]) -> None:
     with pytest.raises(usage.UsageError):
         parse(*argv)
+
+
+def test_pool_options() -> None:
+    options = parse("--spool", "d", "--max-messages-per-connection", "5", "--rate", "600/60", "--retries", "2")
+    assert options["max-messages-per-connection"] == 5
+    assert options["rate"] == (600, 60.0)
+    assert options["retries"] == 2
+    assert parse("--spool", "d", "--rate", "10")["rate"] == (10, 1.0)
+    defaults = parse("--spool", "d")
+    assert (defaults["max-messages-per-connection"], defaults["rate"], defaults["retries"]) == (None, None, None)
 
 
 def test_password_refusal_says_where_to_put_it() -> None:
@@ -151,6 +173,29 @@ def test_flags_override_the_script(tmp_path: Path) -> None:
     assert "file secret" not in repr(s)
 
 
+def test_pool_settings_from_flags_script_and_defaults() -> None:
+    from twisted_smtpconn import SMTPPool
+
+    defaults = resolve_settings(parse("--spool", "d", "--host", "h"), {}).pool_kwargs()
+    assert defaults == {
+        "max_connections": 1, "max_messages": 100, "rate_limit": None, "rate_interval": 1.0, "max_retries": 0,
+    }
+    # SMTPPool's own default for max_messages is what smtpsend keeps.
+    import inspect
+
+    assert inspect.signature(SMTPPool).parameters["max_messages"].default == 100
+    script = {"host": "h", "connections": 3, "max_messages_per_connection": 7, "rate": "20/2", "retries": 1}
+    s = resolve_settings(parse("--spool", "d"), script)
+    assert s.pool_kwargs() == {
+        "max_connections": 3, "max_messages": 7, "rate_limit": 20, "rate_interval": 2.0, "max_retries": 1,
+    }
+    flags = parse("--spool", "d", "--max-messages-per-connection", "9", "--rate", "5/1", "--retries", "0")
+    s = resolve_settings(flags, script)
+    assert s.pool_kwargs() == {
+        "max_connections": 3, "max_messages": 9, "rate_limit": 5, "rate_interval": 1.0, "max_retries": 0,
+    }
+
+
 def test_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMTPSEND_TEST_PW", "env secret")
     options = parse("--spool", "d", "--host", "h", "--user", "u", "--password-env", "SMTPSEND_TEST_PW")
@@ -174,6 +219,12 @@ def test_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ([], {"host": "h", "ignore_tls": True, "require_tls": True}),
         ([], {"host": "h", "connections": 0}),
         ([], {"host": "h", "socket_timeout": 0}),
+        ([], {"host": "h", "max_messages_per_connection": 0}),
+        ([], {"host": "h", "retries": -1}),
+        ([], {"host": "h", "retries": 11}),
+        ([], {"host": "h", "rate": "fast"}),
+        ([], {"host": "h", "rate": 10}),
+        ([], {"host": "h", "rate": "0/1"}),
     ],
 )
 def test_bad_settings(argv: list[str], script: dict[str, Any]) -> None:
@@ -508,115 +559,240 @@ def test_stream_console_progress_only_on_terminals() -> None:
     assert (out.getvalue(), err.getvalue()) == ("result\n", "trouble\n")
 
 
-# -- the worker loop --------------------------------------------------------------
+# -- delivery through the pool ------------------------------------------------------
 
 
-class _Connection:
-    """A stand-in for a connection, so the worker *policy* can be tested alone."""
+def _pool(endpoint: Any, reactor: Any, connections: int, **options: Any) -> Any:
+    from twisted_smtpconn import SMTPPool
 
-    def __init__(self, log: list[str], number: int) -> None:
-        self.log = log
-        self.number = number
-
-    def quit(self) -> Any:
-        from twisted.internet.defer import succeed
-
-        self.log.append(f"quit {self.number}")
-        return succeed(None)
-
-    def close(self) -> None:
-        self.log.append(f"close {self.number}")
+    options.setdefault("max_retries", 0)
+    return SMTPPool(
+        endpoint=endpoint, reactor=reactor, name="client.example", max_connections=connections, **options
+    )
 
 
-@pytest_twisted.ensureDeferred
-async def test_workers_reconnect_after_a_broken_connection() -> None:
-    from twisted.internet import reactor
+def _deliver(reactor: Any, pool: Any, jobs: Any, connections: int, control: RunControl | None = None,
+             ) -> tuple[Any, list[Outcome], list[str]]:
+    from twisted.internet.defer import Deferred
 
-    log: list[str] = []
-    opened: list[_Connection] = []
     outcomes: list[Outcome] = []
-
-    async def open_connection() -> _Connection:
-        connection = _Connection(log, len(opened) + 1)
-        opened.append(connection)
-        return connection
-
-    async def send_job(connection: _Connection, job: Job) -> _Info:
-        log.append(f"send {job.index} on {connection.number}")
-        if job.index == 2:
-            raise ConnectionFailedError("dropped")
-        if job.index == 3:
-            raise EnvelopeError("refused", response_code=550)
-        return _Info(list(job.rcpt_to), [])
-
-    jobs = [_job(i) for i in range(1, 6)] + [_job(6, problem="no recipients")]
-    gave_up = await deliver_all(
-        reactor, JobQueue(jobs), connections=1, open_connection=open_connection,
-        send_job=send_job, record=outcomes.append, notice=log.append, control=RunControl(),
-    )
-    assert gave_up == []
-    assert [(o.job.index, o.status, o.exit_code) for o in outcomes] == [
-        (1, "sent", EX_OK),
-        (2, "failed", EX_TEMPFAIL),
-        (3, "failed", EX_DATAERR),
-        (4, "sent", EX_OK),
-        (5, "sent", EX_OK),
-        (6, "failed", EX_DATAERR),
-    ]
-    # Job 2 broke connection 1; job 3 failed without breaking connection 2.
-    assert log == [
-        "send 1 on 1", "send 2 on 1", "close 1",
-        "send 3 on 2", "send 4 on 2", "send 5 on 2", "quit 2",
-    ]
-
-
-@pytest_twisted.ensureDeferred
-async def test_workers_give_up_when_no_connection_can_be_made() -> None:
-    from twisted.internet import reactor
-
-    attempts: list[int] = []
     notices: list[str] = []
+    d = Deferred.fromCoroutine(deliver_all(
+        reactor, pool, jobs, connections=connections, record=outcomes.append, notice=notices.append,
+        control=control if control is not None else RunControl(),
+    ))
+    return d, outcomes, notices
 
-    async def open_connection() -> _Connection:
-        attempts.append(1)
-        raise ConnectionFailedError("refused")
 
-    async def send_job(connection: _Connection, job: Job) -> _Info:
-        raise AssertionError("never sent")
+def _summary(outcomes: list[Outcome]) -> list[tuple[int, str, int, int, int]]:
+    """(index, status, exit code, connection, attempts), in job order."""
+    return sorted((o.job.index, o.status, o.exit_code, o.connection, o.attempts) for o in outcomes)
 
-    queue = JobQueue([_job(i) for i in range(1, 11)])
-    gave_up = await deliver_all(
-        reactor, queue, connections=3, open_connection=open_connection, send_job=send_job,
-        record=lambda o: None, notice=notices.append, control=RunControl(),
+
+def test_delivery_reports_every_job_once_and_replaces_a_broken_connection() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from wiretools import AutoEndpoint, AutoServer, result
+
+    server = AutoServer()
+    endpoint = AutoEndpoint(server)
+
+    def rcpt(address: str, n: int) -> bytes:
+        if address == "drop@x.test":  # the server goes away mid-envelope
+            endpoint.transports[-1].disconnecting = True
+            endpoint.transports[-1].protocol.connectionLost(Failure(ConnectionLost()))
+        if address == "refused@x.test":
+            return b"550 5.1.1 no such user"
+        return b"250 ok"
+
+    server.rcpt = rcpt
+    reactor = MemoryReactorClock()
+    jobs = [
+        _job(1),
+        _job(2, rcpt_to=("drop@x.test",)),
+        _job(3, rcpt_to=("refused@x.test",)),
+        _job(4),
+        _job(5),
+        _job(6, problem="no recipients"),
+    ]
+    d, outcomes, notices = _deliver(reactor, _pool(endpoint, reactor, 1), jobs, 1)
+    result(d)
+    assert _summary(outcomes) == [
+        (1, "sent", EX_OK, 1, 1),
+        (2, "failed", EX_TEMPFAIL, 1, 1),  # an established connection broke
+        (3, "failed", EX_DATAERR, 2, 1),  # refused: connection 2 stays
+        (4, "sent", EX_OK, 2, 1),
+        (5, "sent", EX_OK, 2, 1),
+        (6, "failed", EX_DATAERR, 0, 0),
+    ]
+    assert notices == []
+    assert server.connections == 2
+    assert server.commands[-1] == b"QUIT"
+    assert reactor.getDelayedCalls() == []
+    line = outcomes[0].as_report()
+    assert (line["connection"], line["attempts"]) == (1, 1)
+
+
+def test_delivery_gives_up_when_no_connection_can_be_made() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from test_pool import RefusingEndpoint
+    from wiretools import result
+
+    endpoint = RefusingEndpoint()
+    reactor = MemoryReactorClock()
+    d, outcomes, notices = _deliver(reactor, _pool(endpoint, reactor, 3), [_job(i) for i in range(1, 11)], 3)
+    result(d)
+    # One failed connection per connection in a row, then nothing more is tried.
+    assert endpoint.attempts == 3
+    assert _summary(outcomes) == (
+        [(i, "not-sent", EX_UNAVAILABLE, 0, 1) for i in (1, 2, 3)]
+        + [(i, "not-sent", EX_UNAVAILABLE, 0, 0) for i in range(4, 11)]
     )
-    assert len(gave_up) == 3 and len(attempts) == 3 and len(notices) == 3
-    assert [j.index for j in queue.drain()] == list(range(1, 11))  # all put back, in order
+    assert {o.error.code for o in outcomes if o.error} == {"ECONNECTION"}
+    [notice] = notices
+    assert notice.startswith("giving up: 3 message(s) in a row could not get a connection")
+    assert reactor.getDelayedCalls() == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_stopping_takes_no_new_jobs() -> None:
-    from twisted.internet import reactor
+def test_delivery_gives_up_on_a_server_that_keeps_dropping_us() -> None:
+    from twisted.internet.testing import MemoryReactorClock
 
+    from wiretools import AutoEndpoint, AutoServer, result
+
+    server = AutoServer()
+    server.drop_after_dot = 1000
+    reactor = MemoryReactorClock()
+    pool = _pool(AutoEndpoint(server), reactor, 2)
+    d, outcomes, notices = _deliver(reactor, pool, [_job(i) for i in range(1, 21)], 2)
+    result(d)
+    limit = BROKEN_PER_CONNECTION * 2
+    assert len(server.messages) == limit  # each one may have arrived: never retried
+    statuses = [o.status for o in sorted(outcomes, key=lambda o: o.job.index)]
+    assert statuses == ["failed"] * limit + ["not-sent"] * (20 - limit)
+    assert len(notices) == 1 and "lost their connection" in notices[0]
+
+
+def test_delivery_hands_the_pool_a_bounded_window() -> None:
+    """A long run takes jobs from its source only as sends finish."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from test_pool import HoldingServer
+    from wiretools import AutoEndpoint, result
+
+    pulled: list[int] = []
+
+    def source() -> Any:
+        for i in range(1, 31):
+            pulled.append(i)
+            yield _job(i)
+
+    server = HoldingServer()
+    reactor = MemoryReactorClock()
+    d, outcomes, notices = _deliver(reactor, _pool(AutoEndpoint(server), reactor, 3), source(), 3)
+    window = WINDOW_PER_CONNECTION * 3
+    assert len(pulled) == window and len(server.held) == 3
+    for _ in range(30):
+        if not server.held:
+            break
+        server.answer()
+        in_hand = len(pulled) - len(outcomes)
+        assert in_hand <= window
+    result(d)
+    assert sorted(o.job.index for o in outcomes) == list(range(1, 31))
+    assert {(o.status, o.attempts) for o in outcomes} == {("sent", 1)}
+    assert {o.connection for o in outcomes} == {1, 2, 3}
+    assert server.connections == 3
+    assert reactor.getDelayedCalls() == []
+
+
+def test_stop_finishes_the_messages_in_flight_and_reports_the_rest() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from test_pool import HoldingServer
+    from wiretools import AutoEndpoint, pending, result
+
+    server = HoldingServer()
+    reactor = MemoryReactorClock()
     control = RunControl()
-    sent: list[int] = []
-    log: list[str] = []
-
-    async def open_connection() -> _Connection:
-        return _Connection(log, 1)
-
-    async def send_job(connection: _Connection, job: Job) -> _Info:
-        sent.append(job.index)
-        control.stopping = True  # as Ctrl-C would, while this send is in flight
-        return _Info(list(job.rcpt_to), [])
-
-    queue = JobQueue([_job(i) for i in range(1, 4)])
-    await deliver_all(
-        reactor, queue, connections=1, open_connection=open_connection, send_job=send_job,
-        record=lambda o: None, notice=log.append, control=control,
+    d, outcomes, notices = _deliver(
+        reactor, _pool(AutoEndpoint(server), reactor, 2), [_job(i) for i in range(1, 8)], 2, control
     )
-    assert sent == [1]
-    assert len(queue) == 2
-    assert log == ["quit 1"]
+    # Jobs 1 and 2 are being sent; 3 and 4 wait in the pool for a connection.
+    assert len(server.held) == 2 and outcomes == []
+    control.stop()  # Ctrl-C
+    assert [(o.job.index, o.status) for o in outcomes] == [(3, "not-sent"), (4, "not-sent")]
+    assert pending(d)
+    server.answer()
+    result(d)
+    assert _summary(outcomes) == [
+        (1, "sent", EX_OK, 1, 1),
+        (2, "sent", EX_OK, 2, 1),
+        *[(i, "not-sent", EX_TEMPFAIL, 0, 0) for i in range(3, 8)],
+    ]
+    assert {o.error.code for o in outcomes if o.error} == {"EINTERRUPTED"}
+    assert server.commands.count(b"QUIT") == 2
+    assert reactor.getDelayedCalls() == []
+
+
+def test_abort_cuts_the_messages_in_flight() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from test_pool import HoldingServer
+    from wiretools import AutoEndpoint, result
+
+    server = HoldingServer()
+    reactor = MemoryReactorClock()
+    endpoint = AutoEndpoint(server)
+    control = RunControl()
+    d, outcomes, notices = _deliver(reactor, _pool(endpoint, reactor, 1), [_job(i) for i in range(1, 4)], 1, control)
+    control.stop()
+    control.abort()  # the grace period is over
+    result(d)
+    assert [(i, status) for i, status, *_ in _summary(outcomes)] == [
+        (1, "failed"), (2, "not-sent"), (3, "not-sent"),
+    ]
+    cut = next(o for o in outcomes if o.job.index == 1)
+    assert cut.exit_code == EX_TEMPFAIL and cut.connection == 1
+    assert cut.error is not None and cut.error.code == "EINTERRUPTED"
+    assert "the server may have it" in cut.error.message  # the final dot had gone out
+    assert endpoint.transports[0].aborted and b"QUIT" not in server.commands
+    assert reactor.getDelayedCalls() == []
+
+
+def test_stop_before_the_pool_exists() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from wiretools import AutoEndpoint, AutoServer, result
+
+    server = AutoServer()
+    reactor = MemoryReactorClock()
+    control = RunControl()
+    control.stop()  # Ctrl-C while the embedded server was starting
+    d, outcomes, notices = _deliver(reactor, _pool(AutoEndpoint(server), reactor, 2), [_job(i) for i in range(1, 4)],
+                                    2, control)
+    result(d)
+    assert [o.status for o in outcomes] == ["not-sent"] * 3
+    assert server.connections == 0
+
+
+def test_delivery_retries_through_the_pool() -> None:
+    """--retries: a 4xx before the dot is tried again; the report counts the attempts."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from wiretools import AutoEndpoint, AutoServer, pending, result
+
+    server = AutoServer()
+    refusals = [b"451 4.3.0 greylisted"]
+    server.rcpt = lambda address, n: refusals.pop() if refusals else b"250 ok"
+    reactor = MemoryReactorClock()
+    pool = _pool(AutoEndpoint(server), reactor, 1, max_retries=2, retry_delay=5.0)
+    d, outcomes, notices = _deliver(reactor, pool, [_job(1), _job(2)], 1)
+    assert pending(d)
+    reactor.advance(5)
+    result(d)
+    assert _summary(outcomes) == [(1, "sent", EX_OK, 1, 2), (2, "sent", EX_OK, 1, 1)]
+    assert len(server.messages) == 2
 
 
 def test_line_breaks_in_header_values_are_usage_errors(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ The subprocesses find the package and the twistd dropin through
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import mailbox
 import os
@@ -19,6 +20,8 @@ import re
 import shutil
 import socket
 import sys
+import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +248,76 @@ def aiosmtpd_recorder() -> Iterator[tuple[Recorder, int]]:
         controller.stop()
 
 
+class SessionCounter:
+    """
+    aiosmtpd's view of the client's connections: how many were open at
+    once, at most, and how many messages each one that carried mail
+    carried.  (The controller's own start-up probe is a connection too,
+    before any test traffic, that carries none.)
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.serials = itertools.count(1)
+        self.open: set[int] = set()
+        self.most_at_once = 0
+        self.messages: dict[int, int] = {}
+
+    def opened(self) -> int:
+        with self.lock:
+            session = next(self.serials)
+            self.open.add(session)
+            self.most_at_once = max(self.most_at_once, len(self.open))
+            return session
+
+    def closed(self, session: int) -> None:
+        with self.lock:
+            self.open.discard(session)
+
+    def carried(self, session: int) -> None:
+        with self.lock:
+            self.messages[session] = self.messages.get(session, 0) + 1
+
+
+@pytest.fixture
+def counting_aiosmtpd() -> Iterator[tuple[SessionCounter, Recorder, int]]:
+    """aiosmtpd (a Recorder) that also counts the client's sessions."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP
+
+    counter = SessionCounter()
+
+    class CountingRecorder(Recorder):
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            counter.carried(server.counted_as)
+            return await super().handle_DATA(server, session, envelope)
+
+    class CountingSMTP(SMTP):
+        counted_as = 0
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if not self.counted_as:  # (STARTTLS calls it again)
+                self.counted_as = counter.opened()
+
+        def connection_lost(self, error: Exception | None) -> None:
+            counter.closed(self.counted_as)
+            super().connection_lost(error)
+
+    class CountingController(Controller):
+        def factory(self) -> SMTP:
+            return CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+    recorder = CountingRecorder()
+    port = free_port()
+    controller = CountingController(recorder, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield counter, recorder, port
+    finally:
+        controller.stop()
+
+
 class _Holding:
     """
     A scripted SMTP server that withholds its reply to the first message's
@@ -393,7 +466,11 @@ async def test_documented_scripts_run(name: str, variant: list[str], tmp_path: P
 )
 @pytest_twisted.ensureDeferred
 async def test_spool_of_500_over_4_connections(variant: list[str], tmp_path: Path) -> None:
-    """500 messages, 4 connections: every message arrives intact, exactly once."""
+    """
+    500 messages, 4 connections: every message arrives intact, exactly once,
+    and no connection carries more than the 100 messages a connection is
+    used for by default.
+    """
     spool = tmp_path / "spool"
     spool.mkdir()
     expected: list[str] = []
@@ -421,7 +498,10 @@ async def test_spool_of_500_over_4_connections(variant: list[str], tmp_path: Pat
     lines = read_report(report)
     assert len(lines) == 500
     assert {line["status"] for line in lines} == {"sent"}
-    assert {line["connection"] for line in lines} <= {1, 2, 3, 4}
+    per_connection = Counter(line["connection"] for line in lines)
+    assert max(per_connection.values()) <= 100
+    assert len(per_connection) >= 5 and min(per_connection) == 1
+    assert {line["attempts"] for line in lines} == {1}
     assert sorted(line["index"] for line in lines) == list(range(1, 501))
     assert "500 message(s): 500 sent" in result.out
 
@@ -469,6 +549,65 @@ async def test_aiosmtpd_partial_rejection(
     assert refusal["code"] == 550
     assert line["exit_code"] == EX_DATAERR
     assert isinstance(line["message_time"], float) and line["started"].endswith("Z")
+
+
+@pytest.mark.parametrize("max_messages", [1000, 5])
+@pytest_twisted.ensureDeferred
+async def test_connections_limit_seen_by_the_server(
+    max_messages: int, tmp_path: Path, counting_aiosmtpd: tuple[SessionCounter, Recorder, int]
+) -> None:
+    """
+    --connections 3: the server never sees more than 3 connections at once;
+    with --max-messages-per-connection 5 none carries more than 5 messages
+    and the pool opens new ones as the old are spent.
+    """
+    counter, recorder, port = counting_aiosmtpd
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    for i in range(40):
+        (spool / f"{i:02d}.eml").write_bytes(
+            f"From: a@example.test\r\nTo: r{i}@example.test\r\nSubject: {i}\r\n\r\nbody {i}\r\n".encode()
+        )
+    report = tmp_path / "r.jsonl"
+    result = await run(
+        "python -m",
+        ["--host", "127.0.0.1", "--port", str(port), "--spool", str(spool), "--report", str(report),
+         "--connections", "3", "--max-messages-per-connection", str(max_messages)],
+        tmp_path,
+    )
+    assert result.code == EX_OK, result.out + result.err
+    assert sorted(r for _, [r], _ in recorder.messages) == sorted(f"r{i}@example.test" for i in range(40))
+    assert 1 <= counter.most_at_once <= 3
+    carried = sorted(counter.messages.values())
+    assert sum(carried) == 40 and max(carried) <= max_messages
+    lines = read_report(report)
+    # Each of the pool's connections is one server session.
+    assert len({line["connection"] for line in lines}) == len(counter.messages)
+    if max_messages == 1000:
+        # The first messages were handed over together: all 3 connections
+        # opened at once, and none was ever replaced.
+        assert len(counter.messages) == 3
+    else:
+        assert len(counter.messages) >= 40 // 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_retries_option_reaches_the_pool(
+    tmp_path: Path, aiosmtpd_recorder: tuple[Recorder, int]
+) -> None:
+    """--retries 1: a 450 refusal before the data is tried once more, then reported."""
+    recorder, port = aiosmtpd_recorder
+    report = tmp_path / "r.jsonl"
+    result = await run(
+        "python -m",
+        ["--host", "127.0.0.1", "--port", str(port), "--to", "later@example.test", "--subject", "s",
+         "--body", "b", "--retries", "1", "--report", str(report)],
+        tmp_path,
+    )
+    assert result.code == EX_TEMPFAIL, result.out + result.err
+    [line] = read_report(report)
+    assert (line["status"], line["attempts"], line["error"]["response_code"]) == ("failed", 2, 450)
+    assert recorder.messages == []
 
 
 @pytest_twisted.ensureDeferred

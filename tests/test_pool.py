@@ -187,3 +187,134 @@ def test_close_fails_waiting_messages() -> None:
 def test_bad_pool_options(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         SMTPPool(**kwargs)
+
+
+# -- send_traced, close and abort ----------------------------------------------
+
+
+class HoldingServer(AutoServer):
+    """An AutoServer that withholds the reply to each final dot until ``answer()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Any] = []
+        self.final = lambda data, n: b"HOLD"
+
+    def attach(self, transport: Any) -> None:
+        super().attach(transport)
+        send = transport.reply
+
+        def reply(line: bytes) -> None:
+            if line == b"HOLD":
+                self.held.append(lambda: send(b"250 2.0.0 queued"))
+            else:
+                send(line)
+
+        transport.reply = reply
+
+    def answer(self) -> None:
+        held, self.held = self.held, []
+        for reply in held:
+            reply()
+
+
+class RefusingEndpoint:
+    """Every connect() fails as a refused TCP connection would."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self, factory: Any) -> Any:
+        from twisted.internet.defer import fail
+        from twisted.internet.error import ConnectionRefusedError
+
+        self.attempts += 1
+        return fail(ConnectionRefusedError("refused"))
+
+
+def test_send_traced_counts_attempts_and_names_the_connection() -> None:
+    server = AutoServer()
+    refusals = [b"451 4.3.0 try later"]
+    server.rcpt = lambda address, n: refusals.pop() if refusals else b"250 ok"
+    pool, reactor, endpoint = make_pool(server, max_connections=1, max_messages=2, retry_delay=1.0)
+    first = pool.send_traced(envelope(1), b"m")
+    assert pending(first)
+    reactor.advance(1)
+    # The 4xx did not break connection 1: the retry ran on it, and sent.
+    traced = result(first)
+    assert (traced.attempts, traced.connection, traced.error) == (2, 1, None)
+    assert traced.info.accepted == ["r1@x.org"]
+    # Connection 1 is spent after two messages sent; the next ones get 2.
+    later = [result(pool.send_traced(envelope(n), b"m")) for n in (2, 3, 4)]
+    assert [(t.attempts, t.connection) for t in later] == [(1, 1), (1, 2), (1, 2)]
+    result(pool.close())
+
+
+def test_send_traced_says_when_no_connection_was_made() -> None:
+    endpoint = RefusingEndpoint()
+    reactor = MemoryReactorClock()
+    pool = SMTPPool(endpoint=endpoint, reactor=reactor, name="client.example", max_retries=0)
+    traced = result(pool.send_traced(envelope(1), b"m"))
+    assert traced.info is None and traced.error.code == "ECONNECTION"
+    assert (traced.attempts, traced.connection) == (1, 0)
+    assert endpoint.attempts == 1
+    # Refused before any attempt: no attempt, no connection.
+    refused = result(pool.send_traced({"from": "a@x.org", "to": "b@x.org\r\nRSET"}, b"m"))
+    assert (refused.error.code, refused.attempts, refused.connection) == ("EENVELOPE", 0, 0)
+    # send() gives the same error as a failure.
+    assert failure(pool.send(envelope(2), b"m")).code == "ECONNECTION"
+    result(pool.close())
+    assert reactor.getDelayedCalls() == []
+
+
+def test_close_fails_a_message_waiting_for_its_retry_with_its_last_error() -> None:
+    server = AutoServer()
+    server.rcpt = lambda address, n: b"451 4.3.0 try later"
+    pool, reactor, endpoint = make_pool(server, retry_delay=30.0)
+    d = pool.send_traced(envelope(1), b"m")
+    assert pending(d)  # waiting 30 s for its retry
+    closing = pool.close()
+    traced = result(d)
+    assert (traced.error.response_code, traced.attempts, traced.connection) == (451, 1, 1)
+    result(closing)
+    assert reactor.getDelayedCalls() == []
+    assert sum(1 for c in server.commands if c.startswith(b"RCPT")) == 1
+
+
+def test_close_waits_for_the_running_message_and_its_quit() -> None:
+    server = HoldingServer()
+    pool, reactor, endpoint = make_pool(server, max_connections=1)
+    running = pool.send_traced(envelope(1), b"m")
+    waiting = pool.send_traced(envelope(2), b"m")
+    closing = pool.close()
+    # The message not started fails at once; the running one goes on.
+    not_started = result(waiting)
+    assert (not_started.error.code, not_started.attempts) == ("EPROTOCOL", 0)
+    assert pending(running) and pending(closing)
+    assert b"QUIT" not in server.commands
+    server.answer()
+    assert result(running).info.accepted == ["r1@x.org"]
+    assert server.commands[-1] == b"QUIT" and endpoint.transports[0].disconnecting
+    result(closing)
+    assert pool.open_connections == 0
+    # A second close() is for the same, already reached, end.
+    result(pool.close())
+
+
+def test_abort_drops_connections_without_quit() -> None:
+    server = HoldingServer()
+    pool, reactor, endpoint = make_pool(server, max_connections=2, retry_delay=1.0)
+    running = [pool.send_traced(envelope(n), b"m") for n in (1, 2)]
+    assert len(server.held) == 2
+    closing = pool.abort()
+    traces = [result(d) for d in running]
+    for traced in traces:
+        # The final dot was sent: the server may have it, so no retry.
+        assert traced.error is not None and traced.error.delivery_unknown
+        assert traced.attempts == 1
+    assert sorted(t.connection for t in traces) == [1, 2]
+    assert [t.aborted for t in endpoint.transports] == [True, True]
+    assert b"QUIT" not in server.commands
+    result(closing)
+    assert pool.open_connections == 0
+    assert reactor.getDelayedCalls() == []

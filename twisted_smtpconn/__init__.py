@@ -21,12 +21,13 @@ from ._errors import (
     TLSError,
 )
 from ._oauth2 import OAuth2Token, OAuth2TokenProvider
-from ._pool import SMTPPool
+from ._pool import SendTrace, SMTPPool
 from ._sendinfo import SendInfo
 
 __all__ = [
     "SMTPConnection",
     "SMTPPool",
+    "SendTrace",
     "Auth",
     "Envelope",
     "DSN",

@@ -8,6 +8,12 @@ limits the rate, and retries what failed *before* the server accepted the
 message.  It never retries a message the server may already have: a
 failure after the final dot was sent (``delivery_unknown``) is reported,
 never repeated (RFC 1047), and neither is a permanent (5xx) refusal.
+
+A sender that reports on every message (``smtpsend``) needs more than the
+:class:`SendInfo` or the error: how many attempts a message took and which
+of the pool's connections carried it, or whether no connection could be
+made at all.  :meth:`SMTPPool.send_traced` answers with a :class:`SendTrace`
+holding all of it; :meth:`SMTPPool.send` is that, unwrapped.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from ._auth import Auth, coerce_auth
@@ -29,7 +35,7 @@ from ._lifecycle import State
 from ._sendinfo import SendInfo
 from ._source import check_message
 
-__all__ = ["SMTPPool"]
+__all__ = ["SMTPPool", "SendTrace"]
 
 
 def _replayable(message: object) -> Callable[[], object] | None:
@@ -56,14 +62,46 @@ def _replayable(message: object) -> Callable[[], object] | None:
     return None
 
 
+@dataclass(frozen=True)
+class SendTrace:
+    """
+    How one message sent through the pool ended, and how it got there.
+
+    Exactly one of ``info`` and ``error`` is set.
+
+    :ivar info: the server's acceptance, as :meth:`SMTPConnection.send`
+        gives it.
+    :ivar error: why the message was not sent: the last attempt's error, or
+        what refused it before any attempt.
+    :ivar attempts: how many times sending it was started (0: never, because
+        the arguments were refused or the pool was closed first).
+    :ivar connection: which of the pool's connections carried the last
+        attempt, numbered from 1 in the order the pool opened them; 0 when
+        that attempt got no connection (connecting, TLS or AUTH failed) or
+        there was no attempt.
+    """
+
+    info: SendInfo | None
+    error: BaseException | None
+    attempts: int
+    connection: int
+
+
 @dataclass(eq=False)
 class _Job:
     envelope: Envelope
     message: object
     replay: Callable[[], object] | None
-    result: Deferred[SendInfo]
+    result: Deferred[SendTrace]
     attempts: int = 0
+    connection: int = 0
     last_error: SMTPConnectionError | None = None
+
+    def succeed(self, info: SendInfo) -> None:
+        self.result.callback(SendTrace(info, None, self.attempts, self.connection))
+
+    def fail(self, error: BaseException) -> None:
+        self.result.callback(SendTrace(None, error, self.attempts, self.connection))
 
 
 @dataclass(eq=False)
@@ -71,6 +109,7 @@ class _Slot:
     """One pooled connection and what it has done."""
 
     connection: SMTPConnection
+    number: int
     sent: int = 0
     idle_call: IDelayedCall | None = None
     broken: bool = False
@@ -174,9 +213,11 @@ class SMTPPool:
         self._max_retry_delay = float(max_retry_delay)
         self._rate = _RateLimiter(self._clock, rate_limit, float(rate_interval))
         self._waiting: deque[_Job] = deque()
+        self._retrying: set[_Job] = set()
         self._idle: list[_Slot] = []
         self._slots: set[_Slot] = set()
-        self._opening = 0
+        self._connecting: set[SMTPConnection] = set()
+        self._opened = 0
         self._timers: set[IDelayedCall] = set()
         self._pump_call: IDelayedCall | None = None
         self._closed = False
@@ -192,13 +233,23 @@ class SMTPPool:
         Send one message through the pool: same arguments and result as
         :meth:`SMTPConnection.send`.
         """
+        return self.send_traced(envelope, message).addCallback(_unwrap)
+
+    def send_traced(self, envelope: Envelope | Mapping[str, Any], message: object) -> Deferred[SendTrace]:
+        """
+        Send one message like :meth:`send`, and say how it went.
+
+        :returns: a Deferred that always fires with a :class:`SendTrace`
+            (never fails): the :class:`SendInfo` or the error, the number
+            of attempts and the connection that carried the last one.
+        """
         if self._closed:
-            return _failed(ProtocolError("cannot send: the pool is closed"))
+            return succeed(SendTrace(None, ProtocolError("cannot send: the pool is closed"), 0, 0))
         try:
             checked = coerce_envelope(envelope)
             check_message(message)
         except (SMTPConnectionError, TypeError, ValueError) as error:
-            return _failed(error)
+            return succeed(SendTrace(None, error, 0, 0))
         job = _Job(checked, message, _replayable(message), Deferred())
         self._waiting.append(job)
         self._pump()
@@ -206,27 +257,53 @@ class SMTPPool:
 
     def close(self) -> Deferred[None]:
         """
-        Stop: fail the messages not yet started, let the running ones finish,
-        and QUIT every connection.  Fires when all connections are gone.
+        Stop: fail the messages not yet started (and those waiting for a
+        retry, with their last error), let the running ones finish, and QUIT
+        every connection.  Fires when all connections are gone.  Calling it
+        again returns another Deferred for the same end.
         """
         self._closed = True
         while self._waiting:
-            self._waiting.popleft().result.errback(ProtocolError("the pool was closed before this message was sent"))
+            job = self._waiting.popleft()
+            job.fail(job.last_error or ProtocolError("the pool was closed before this message was sent"))
         for timer in list(self._timers):
             if timer.active():
                 timer.cancel()
         self._timers.clear()
-        quits = [self._retire(slot) for slot in self._idle]
-        self._idle.clear()
-        from twisted.internet.defer import gatherResults
+        # Their requeue timers are gone with the others.
+        retrying, self._retrying = self._retrying, set()
+        for job in retrying:
+            job.fail(job.last_error or ProtocolError("the pool was closed before this message was retried"))
+        idle, self._idle = self._idle, []
+        for slot in idle:
+            self._track(self._retire(slot))
+        return Deferred.fromCoroutine(self._drain())
 
-        pending = [*quits, *self._active]
-        return gatherResults(pending, consumeErrors=True).addBoth(lambda _: None) if pending else succeed(None)
+    def abort(self) -> Deferred[None]:
+        """
+        Close at once: as :meth:`close`, but every connection, including
+        those still connecting or sending, is dropped without QUIT.  The
+        messages in flight fail (with ``delivery_unknown`` set if their final
+        dot had been sent).  For a caller that gave the running messages
+        all the time it could.
+
+        :returns: what :meth:`close` returns.
+        """
+        closing = self.close()
+        for connection in [*self._connecting, *(slot.connection for slot in self._slots)]:
+            connection.close()
+        return closing
 
     @property
     def open_connections(self) -> int:
         """How many connections are open or opening now."""
-        return len(self._slots) + self._opening
+        return len(self._slots) + len(self._connecting)
+
+    async def _drain(self) -> None:
+        # Running jobs retire their connections when they end, which adds
+        # work to wait for: go on until none is left.
+        while self._active:
+            await DeferredList(list(self._active), consumeErrors=True)
 
     # -- scheduling ----------------------------------------------------------------
 
@@ -239,9 +316,7 @@ class SMTPPool:
                 return
             if self._idle:
                 slot = self._idle.pop()
-                if slot.idle_call is not None and slot.idle_call.active():
-                    slot.idle_call.cancel()
-                slot.idle_call = None
+                self._stop_idle_timer(slot)
             elif self.open_connections < self._max_connections:
                 slot = None
             else:
@@ -264,6 +339,14 @@ class SMTPPool:
         self._timers.add(call)
         return call
 
+    def _stop_idle_timer(self, slot: _Slot) -> None:
+        # Also forgotten here: a long run reuses connections many times.
+        call, slot.idle_call = slot.idle_call, None
+        if call is not None:
+            self._timers.discard(call)
+            if call.active():
+                call.cancel()
+
     def _track(self, d: Deferred[Any]) -> None:
         self._active.add(d)
 
@@ -276,8 +359,10 @@ class SMTPPool:
     # -- running one job ---------------------------------------------------------------
 
     async def _open_slot(self) -> _Slot:
-        self._opening += 1
         connection = self._new_connection()
+        self._opened += 1
+        number = self._opened
+        self._connecting.add(connection)
         try:
             await connection.connect()
             if self._auth is not None:
@@ -286,8 +371,8 @@ class SMTPPool:
             connection.close()
             raise
         finally:
-            self._opening -= 1
-        slot = _Slot(connection)
+            self._connecting.discard(connection)
+        slot = _Slot(connection, number)
         self._slots.add(slot)
         connection.on("end", lambda: self._forget(slot))
         return slot
@@ -297,16 +382,17 @@ class SMTPPool:
         self._slots.discard(slot)
         if slot in self._idle:
             self._idle.remove(slot)
-        if slot.idle_call is not None and slot.idle_call.active():
-            slot.idle_call.cancel()
+        self._stop_idle_timer(slot)
         if not self._closed:
             self._pump()
 
     async def _run(self, job: _Job, slot: _Slot | None) -> None:
         job.attempts += 1
+        job.connection = 0 if slot is None else slot.number
         try:
             if slot is None:
                 slot = await self._open_slot()
+                job.connection = slot.number
             message = job.replay() if (job.replay is not None and job.attempts > 1) else job.message
             info = await slot.connection.send(job.envelope, message)
         except SMTPConnectionError as error:
@@ -316,11 +402,11 @@ class SMTPPool:
             self._after_failure(job, error)
         except BaseException as error:
             self._release(slot)
-            job.result.errback(error)
+            job.fail(error)
         else:
             slot.sent += 1
             self._release(slot)
-            job.result.callback(info)
+            job.succeed(info)
         self._pump()
 
     def _after_failure(self, job: _Job, error: SMTPConnectionError) -> None:
@@ -332,18 +418,18 @@ class SMTPPool:
             and not self._closed
         )
         if not retryable:
-            job.result.errback(error)
+            job.fail(error)
             return
         job.last_error = error
         delay = min(self._retry_delay * 2 ** (job.attempts - 1), self._max_retry_delay)
 
         def requeue() -> None:
-            if self._closed:
-                job.result.errback(error)
-                return
+            self._retrying.discard(job)
             self._waiting.appendleft(job)
             self._pump()
 
+        # close() cancels the timer and fails the job with its last error.
+        self._retrying.add(job)
         self._call_later(delay, requeue)
 
     def _release(self, slot: _Slot | None) -> None:
@@ -363,14 +449,14 @@ class SMTPPool:
             self._track(self._retire(slot))
 
     def _retire(self, slot: _Slot) -> Deferred[None]:
-        if slot.idle_call is not None and slot.idle_call.active():
-            slot.idle_call.cancel()
+        self._stop_idle_timer(slot)
         d = slot.connection.quit()
         d.addErrback(lambda _: slot.connection.close())
         return d
 
 
-def _failed(error: BaseException) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(error)
-    return d
+def _unwrap(trace: SendTrace) -> SendInfo:
+    if trace.info is not None:
+        return trace.info
+    assert trace.error is not None
+    raise trace.error

@@ -4,13 +4,14 @@
 
 Steps: load the script and the jobs and check the settings (any problem:
 one line, exit 64, nothing sent); start the embedded server if no host is
-configured; send the jobs over ``--connections`` connections, reporting
-each; print the summary (and, for the embedded server, what arrived); and
-return the sysexits status.
+configured; send the jobs through one ``SMTPPool`` of up to
+``--connections`` connections (:mod:`._workers`), reporting each; print
+the summary (and, for the embedded server, what arrived); and return the
+sysexits status.
 
-Ctrl-C: a "before shutdown" trigger stops the workers taking new jobs and
+Ctrl-C: a "before shutdown" trigger stops the run taking new jobs and
 holds the reactor's shutdown until the sends in flight have finished (at
-most :data:`INTERRUPT_GRACE` seconds, then the connections are closed);
+most :data:`INTERRUPT_GRACE` seconds, then the connections are dropped);
 the jobs never started are reported as not sent, and the exit status is
 75 unless something more serious happened.
 """
@@ -26,18 +27,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python import usage
 
-from .. import DSN, Auth, Envelope, SMTPConnection
-from .._errors import EnvelopeError, StreamError
+from .. import Auth, SMTPPool
 from ._console import Console, ProgressMeter, StreamConsole, format_duration
 from ._embedded import EmbeddedSink, start_embedded
-from ._exitcodes import EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, classify, describe
+from ._exitcodes import EX_SOFTWARE, EX_USAGE, describe
 from ._jobs import Job
 from ._report import ReportWriter
-from ._results import ErrorInfo, Outcome, Tally
+from ._results import Outcome, Tally
 from ._script import Script, load_script
 from ._settings import ConnectionSettings, resolve_settings
 from ._sources import collect_jobs
-from ._workers import JobQueue, RunControl, deliver_all
+from ._workers import RunControl, deliver_all
 
 __all__ = ["main", "INTERRUPT_GRACE"]
 
@@ -61,18 +61,20 @@ def _prepare(
     return settings, jobs
 
 
-def _connection_kwargs(settings: ConnectionSettings, console: Console) -> dict[str, Any]:
+def _make_pool(reactor: Any, settings: ConnectionSettings, logger: object = None) -> SMTPPool:
+    """The run's pool: every connection made, and logged in, the same way."""
+    auth = None if settings.user is None else Auth(user=settings.user, password=settings.password)
     kwargs = settings.connection_kwargs()
-    if settings.debug:
-        kwargs["logger"] = console.library_logger()
-    return kwargs
+    if logger is not None:
+        kwargs["logger"] = logger
+    return SMTPPool(reactor=reactor, auth=auth, **settings.pool_kwargs(), **kwargs)
 
 
 def _check_constructible(reactor: Any, settings: ConnectionSettings) -> None:
-    """Let ``SMTPConnection`` reject contradictory settings before anything starts."""
+    """Let ``SMTPPool`` reject contradictory settings before anything starts."""
     try:
-        # Never connected; no logger, so that nothing is attached for it.
-        SMTPConnection(reactor=reactor, **settings.connection_kwargs())
+        # Never used: it opens nothing until asked to send.
+        _make_pool(reactor, settings)
     except (ValueError, TypeError) as e:
         raise usage.UsageError(str(e)) from None
 
@@ -125,7 +127,7 @@ async def main(
     def before_shutdown() -> Deferred[None]:
         # Ctrl-C (or any reactor shutdown): stop taking jobs and hold the
         # shutdown until main has finished and reported.
-        control.stopping = True
+        control.stop()
         out.problem(
             f"smtpsend: interrupted: finishing the messages in flight (at most {INTERRUPT_GRACE:.0f}s)"
         )
@@ -204,74 +206,16 @@ async def _send_all(
         else:
             out.problem(line)
 
-    async def open_connection() -> SMTPConnection:
-        connection = SMTPConnection(reactor=reactor, **_connection_kwargs(settings, out))
-        # Tracked while connecting too, so that Ctrl-C can cut a slow connect.
-        control.open.add(connection)
-        try:
-            await connection.connect()
-            if settings.user is not None:
-                await connection.login(Auth(user=settings.user, password=settings.password))
-        except BaseException:
-            control.open.discard(connection)
-            connection.close()
-            raise
-        return connection
-
-    async def send_job(connection: SMTPConnection, job: Job) -> Any:
-        try:
-            dsn = (
-                None
-                if job.dsn is None
-                else DSN(
-                    ret=job.dsn.ret,
-                    envid=job.dsn.envid,
-                    notify=None if job.dsn.notify is None else list(job.dsn.notify),
-                    orcpt=job.dsn.orcpt,
-                )
-            )
-            envelope = Envelope(
-                job.mail_from,
-                list(job.rcpt_to),
-                size=job.content.size_hint(),
-                use_8bit_mime=job.use_8bit_mime,
-                dsn=dsn,
-            )
-        except (ValueError, TypeError) as e:
-            raise EnvelopeError(f"unusable envelope: {e}") from None
-        try:
-            stream = job.content.open()
-        except OSError as e:
-            raise StreamError(f"cannot read {job.source}: {e.strerror or e}") from None
-        with stream:
-            return await connection.send(envelope, stream)
-
-    queue = JobQueue(jobs)
-    gave_up = await deliver_all(
+    pool = _make_pool(reactor, settings, out.library_logger() if settings.debug else None)
+    await deliver_all(
         reactor,
-        queue,
+        pool,
+        jobs,
         connections=settings.connections,
-        open_connection=open_connection,
-        send_job=send_job,
         record=record,
         notice=lambda text: out.problem(f"smtpsend: {text}"),
         control=control,
     )
-    leftover = queue.drain()
-    if leftover:
-        if control.stopping:
-            reason = ErrorInfo(code="EINTERRUPTED", message="interrupted before sending")
-            code = EX_TEMPFAIL
-        else:
-            last = gave_up[-1] if gave_up else None
-            reason = (
-                ErrorInfo.from_exception(last)
-                if last is not None
-                else ErrorInfo(code="EINTERRUPTED", message="not sent")
-            )
-            code = classify(last, connected=False) if last is not None else EX_TEMPFAIL
-        for job in leftover:
-            record(Outcome.not_sent(job, reason=reason, exit_code=code))
     elapsed = reactor.seconds() - started
     status = tally.exit_code()
     c = tally.counts

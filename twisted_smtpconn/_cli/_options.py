@@ -15,10 +15,22 @@ from typing import Any
 
 from twisted.python import usage
 
-__all__ = ["SendOptions", "DSN_NOTIFY_VALUES", "DSN_RET_VALUES", "MAX_CONNECTIONS"]
+__all__ = [
+    "SendOptions",
+    "DSN_NOTIFY_VALUES",
+    "DSN_RET_VALUES",
+    "MAX_CONNECTIONS",
+    "MAX_RETRIES",
+    "parse_rate",
+]
 
 #: Upper bound for ``--connections``: a sanity limit, not a tuning hint.
 MAX_CONNECTIONS = 100
+
+#: Upper bound for ``--retries``: the pool's back-off doubles up to a
+#: minute, so more than this only makes a run hang on a server that stays
+#: unhappy.
+MAX_RETRIES = 10
 
 DSN_NOTIFY_VALUES = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
 DSN_RET_VALUES = frozenset({"FULL", "HDRS"})
@@ -43,6 +55,37 @@ def _connections(value: str) -> int:
     if not 1 <= count <= MAX_CONNECTIONS:
         raise ValueError(f"must be 1-{MAX_CONNECTIONS}, not {count}")
     return count
+
+
+def _max_messages(value: str) -> int:
+    count = int(value)
+    if count < 1:
+        raise ValueError(f"must be at least 1, not {count}")
+    return count
+
+
+def _retries(value: str) -> int:
+    count = int(value)
+    if not 0 <= count <= MAX_RETRIES:
+        raise ValueError(f"must be 0-{MAX_RETRIES}, not {count}")
+    return count
+
+
+def parse_rate(value: str) -> tuple[int, float]:
+    """
+    ``LIMIT/SECONDS`` (or ``LIMIT``, per second) as ``(limit, seconds)``.
+
+    :raises ValueError: with a message fit for a usage error.
+    """
+    limit_text, _, seconds_text = value.partition("/")
+    try:
+        limit = int(limit_text)
+        seconds = float(seconds_text) if seconds_text else 1.0
+    except ValueError:
+        raise ValueError(f"rate must be LIMIT/SECONDS, e.g. 10/1 or 600/60, not {value!r}") from None
+    if limit < 1 or not 0 < seconds < float("inf"):
+        raise ValueError(f"rate needs a positive LIMIT and SECONDS, not {value!r}")
+    return limit, seconds
 
 
 def _dsn_ret(value: str) -> str:
@@ -118,6 +161,11 @@ class SendOptions(usage.Options):
         ["dsn-envid", None, None, "DSN ENVID."],
         # How.
         ["connections", None, 1, f"Parallel connections (1-{MAX_CONNECTIONS}).", _connections],
+        ["max-messages-per-connection", None, None,
+         "Messages over one connection before it is replaced (default 100).", _max_messages],
+        ["rate", None, None, "Start at most LIMIT messages per SECONDS, e.g. 10/1 (default: no limit).", parse_rate],
+        ["retries", None, None,
+         f"Retries of a message that failed before the server had it, 0-{MAX_RETRIES} (default 0).", _retries],
         ["report", None, None, "Write one JSON line per message to this file."],
         ["maildir", None, None, "Maildir of the embedded server (default: a new temporary one)."],
     ]

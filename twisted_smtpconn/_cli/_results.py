@@ -81,12 +81,15 @@ class Outcome:
     How one job ended.
 
     :ivar status: ``sent`` (every recipient accepted), ``partial`` (some
-        refused), ``failed`` (the send failed) or ``not-sent`` (never tried:
-        interrupted, or no connection could be made).
+        refused), ``failed`` (the send failed) or ``not-sent`` (never on a
+        connection: interrupted, or no connection could be made).
     :ivar exit_code: this message's contribution to the exit status.
     :ivar started: wall-clock start (Unix time), ``None`` if never tried.
     :ivar elapsed: seconds from start to settlement.
-    :ivar connection: the worker (1-based) that handled it, 0 for none.
+    :ivar connection: the pool's connection that carried the last attempt,
+        numbered from 1 in the order they were opened; 0 for none.
+    :ivar attempts: how many times sending it was started (retries
+        included); 0 if never.
     """
 
     job: Job
@@ -102,10 +105,18 @@ class Outcome:
     started: float | None = None
     elapsed: float | None = None
     connection: int = 0
+    attempts: int = 0
 
     @classmethod
     def sent(
-        cls, job: Job, info: Any, *, started: float, elapsed: float, connection: int
+        cls,
+        job: Job,
+        info: Any,
+        *,
+        started: float,
+        elapsed: float,
+        connection: int,
+        attempts: int = 1,
     ) -> Outcome:
         """From a ``SendInfo``: ``sent``, or ``partial`` if some were refused."""
         errors = list(getattr(info, "rejected_errors", []) or [])
@@ -135,6 +146,7 @@ class Outcome:
             started=started,
             elapsed=elapsed,
             connection=connection,
+            attempts=attempts,
         )
 
     @classmethod
@@ -147,6 +159,7 @@ class Outcome:
         started: float,
         elapsed: float,
         connection: int,
+        attempts: int = 1,
     ) -> Outcome:
         """The send raised ``error``."""
         refusals = tuple(
@@ -168,6 +181,7 @@ class Outcome:
             started=started,
             elapsed=elapsed,
             connection=connection,
+            attempts=attempts,
         )
 
     @classmethod
@@ -181,9 +195,11 @@ class Outcome:
         )
 
     @classmethod
-    def not_sent(cls, job: Job, *, reason: ErrorInfo, exit_code: int) -> Outcome:
-        """A job that was never tried."""
-        return cls(job=job, status=NOT_SENT, exit_code=exit_code, error=reason)
+    def not_sent(
+        cls, job: Job, *, reason: ErrorInfo, exit_code: int, attempts: int = 0
+    ) -> Outcome:
+        """A job that never got onto a connection (``attempts``: tries to get one)."""
+        return cls(job=job, status=NOT_SENT, exit_code=exit_code, error=reason, attempts=attempts)
 
     def as_report(self) -> dict[str, Any]:
         """The JSON object of this outcome's ``--report`` line."""
@@ -212,6 +228,7 @@ class Outcome:
             "started": started,
             "elapsed": self.elapsed,
             "connection": self.connection,
+            "attempts": self.attempts,
             "exit_code": self.exit_code,
         }
 

@@ -1,6 +1,7 @@
 """
 Connection settings: command-line flags merged over a script's
-``[connection]`` table, turned into ``SMTPConnection`` keyword arguments.
+``[connection]`` table, turned into ``SMTPPool`` keyword arguments (its
+own, and the ``SMTPConnection`` ones it passes to every connection).
 
 Flags win over the script, so one script can be pointed at another server
 or run with ``--debug`` without editing it.
@@ -15,6 +16,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from ._options import MAX_CONNECTIONS, MAX_RETRIES, parse_rate
 from ._secrets import PasswordSourceError, read_password
 
 __all__ = ["ConnectionSettings", "CONNECTION_KEYS", "resolve_settings"]
@@ -44,15 +46,23 @@ CONNECTION_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "allow_insecure_auth": bool,
     "use_8bit_mime": bool,
     "connections": int,
+    "max_messages_per_connection": int,
+    "rate": str,
+    "retries": int,
 }
+
+#: The pool's own default for messages per connection, kept by smtpsend.
+DEFAULT_MAX_MESSAGES = 100
 
 
 @dataclass(frozen=True)
 class ConnectionSettings:
     """
-    Everything needed to open (and log in on) one connection.
+    Everything needed to open (and log in on) the run's connections, and
+    how many to use and how.
 
-    ``host`` ``None`` means "the embedded capture server".
+    ``host`` ``None`` means "the embedded capture server".  ``rate_limit``
+    ``None`` means no rate limit.
     """
 
     host: str | None = None
@@ -77,6 +87,10 @@ class ConnectionSettings:
     allow_insecure_auth: bool = False
     use_8bit_mime: bool = False
     connections: int = 1
+    max_messages_per_connection: int = DEFAULT_MAX_MESSAGES
+    rate_limit: int | None = None
+    rate_interval: float = 1.0
+    retries: int = 0
 
     @property
     def embedded(self) -> bool:
@@ -116,6 +130,16 @@ class ConnectionSettings:
             if value is not None:
                 kwargs[key] = float(value)
         return kwargs
+
+    def pool_kwargs(self) -> dict[str, Any]:
+        """The ``SMTPPool`` keyword arguments of its own (no auth, no reactor)."""
+        return {
+            "max_connections": self.connections,
+            "max_messages": self.max_messages_per_connection,
+            "rate_limit": self.rate_limit,
+            "rate_interval": self.rate_interval,
+            "max_retries": self.retries,
+        }
 
 
 def _check_connection_table(table: Mapping[str, Any], where: str) -> None:
@@ -164,6 +188,8 @@ def resolve_settings(
         ("ca-certs", "ca_certs"),
         ("tls-servername", "tls_servername"),
         ("auth-method", "auth_method"),
+        ("max-messages-per-connection", "max_messages_per_connection"),
+        ("retries", "retries"),
     ):
         value(option, key)
     if options.get("user") is not None:
@@ -188,6 +214,15 @@ def resolve_settings(
         flag(option, key)
     if options.get("connections", 1) != 1 or "connections" not in merged:
         merged["connections"] = options.get("connections", 1)
+    # --rate arrives parsed; the script's rate is the same text.
+    rate = merged.pop("rate", None)
+    if options.get("rate") is not None:
+        merged["rate_limit"], merged["rate_interval"] = options["rate"]
+    elif rate is not None:
+        try:
+            merged["rate_limit"], merged["rate_interval"] = parse_rate(rate)
+        except ValueError as e:
+            raise usage.UsageError(f"{where}: connection.rate: {e}") from None
 
     if "password_file" in merged and "password_env" in merged:
         raise usage.UsageError(f"{where}: give password_file or password_env, not both")
@@ -215,8 +250,12 @@ def _check_settings(s: ConnectionSettings) -> None:
         raise usage.UsageError("insecure contradicts ca_certs")
     if s.port is not None and not 1 <= s.port <= 65535:
         raise usage.UsageError(f"port must be 1-65535, not {s.port}")
-    if not 1 <= s.connections <= 100:
-        raise usage.UsageError("connections must be 1-100")
+    if not 1 <= s.connections <= MAX_CONNECTIONS:
+        raise usage.UsageError(f"connections must be 1-{MAX_CONNECTIONS}")
+    if s.max_messages_per_connection < 1:
+        raise usage.UsageError("max_messages_per_connection must be at least 1")
+    if not 0 <= s.retries <= MAX_RETRIES:
+        raise usage.UsageError(f"retries must be 0-{MAX_RETRIES}")
     for key in ("connection_timeout", "greeting_timeout", "socket_timeout"):
         seconds = getattr(s, key)
         if seconds is not None and not seconds > 0:

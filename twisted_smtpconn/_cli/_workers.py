@@ -1,210 +1,360 @@
 """
-Sending a queue of jobs over N parallel connections.
+Sending the run's jobs through one :class:`~twisted_smtpconn.SMTPPool`.
 
-Everything about *how* connections carry the jobs is inside
-:func:`deliver_all`, so that a connection pool can replace the hand-made
-workers without touching the rest of ``smtpsend``: it takes the queue, a
-way to open a ready connection, a way to send one job on it, and a
-callback for each outcome.
+The pool decides which connection carries which message: it opens up to
+``--connections`` of them, replaces each after
+``--max-messages-per-connection`` messages, keeps to ``--rate`` and retries
+(``--retries``) only what failed before the server could have the message.
+This module decides what to hand it and what to say about each job:
 
-Policy, per worker:
-
-* open a connection (connect, STARTTLS, AUTH) lazily, before its first job;
-  if that fails, put the job back and stop this worker;
-* send jobs one after another over the same connection;
-* a failure that closes the connection fails *that* job (it is not retried:
-  after DATA the server may already have it) and the next job gets a new
-  connection; three such failures in a row stop the worker;
-* on stop (Ctrl-C), take no new jobs, let the sends in flight finish,
-  then QUIT.
-
-Jobs left in the queue when every worker has stopped are reported by the
-caller as not sent.
+* at most :data:`WINDOW_PER_CONNECTION` sends per connection are handed to
+  the pool at a time, so that a spool of any size costs memory (and open
+  files) for that many messages only, while a connection that comes free
+  finds its next message already waiting;
+* every job gets exactly one :class:`Outcome`, through ``record``;
+* a message whose last attempt got no connection (connecting, TLS or AUTH
+  failed) is reported *not sent*, with that error;
+* the run gives up after one such failure per connection in a row, or
+  :data:`BROKEN_PER_CONNECTION` per connection of messages in a row that
+  lost theirs: a server that is down or keeps dropping us is not fed the
+  whole spool.  The pool is closed and the jobs left are reported not sent
+  with the last error;
+* on :meth:`RunControl.stop` (Ctrl-C) the pool is closed at once: the
+  messages it had not started are reported not sent (``EINTERRUPTED``),
+  the running ones finish; :meth:`RunControl.abort` cuts those too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from .._errors import SMTPConnectionError
+from .._envelope import DSN, Envelope
+from .._errors import EnvelopeError, SMTPConnectionError, StreamError
+from .._pool import SendTrace, SMTPPool
+from ._exitcodes import EX_TEMPFAIL, classify
 from ._jobs import Job
-from ._results import Outcome
+from ._results import ErrorInfo, Outcome
 
-__all__ = ["JobQueue", "RunControl", "SendingConnection", "deliver_all"]
+__all__ = [
+    "BROKEN_PER_CONNECTION",
+    "RunControl",
+    "WINDOW_PER_CONNECTION",
+    "deliver_all",
+    "open_job",
+]
 
-#: Connection-closing failures in a row after which a worker gives up.
-_MAX_BROKEN_IN_A_ROW = 3
+#: Sends handed to the pool per connection at a time: one running, one
+#: ready to start the moment a connection is free.
+WINDOW_PER_CONNECTION = 2
 
-#: Seconds QUIT may take before the connection is simply closed.
+#: Messages in a row, per connection, that lost their connection after
+#: which the run gives up.
+BROKEN_PER_CONNECTION = 3
+
+#: Seconds the final QUITs may take before the connections are dropped.
 _QUIT_GRACE = 10.0
 
-
-class SendingConnection(Protocol):
-    """The part of ``SMTPConnection`` the workers use."""
-
-    def quit(self) -> Deferred[None]: ...
-
-    def close(self) -> None: ...
+_INTERRUPTED = ErrorInfo(code="EINTERRUPTED", message="interrupted before sending")
 
 
-class JobQueue:
-    """The jobs not yet taken by a worker, in order."""
-
-    def __init__(self, jobs: Iterable[Job]) -> None:
-        self._pending: deque[Job] = deque(jobs)
-
-    def take(self) -> Job | None:
-        return self._pending.popleft() if self._pending else None
-
-    def put_back(self, job: Job) -> None:
-        self._pending.appendleft(job)
-
-    def drain(self) -> list[Job]:
-        jobs = list(self._pending)
-        self._pending.clear()
-        return jobs
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-
-@dataclass
+@dataclass(eq=False)
 class RunControl:
     """
-    The mutable state of one run shared by its workers and ``main``.
+    Ctrl-C's handle on a run.
 
-    :ivar stopping: set on Ctrl-C: workers take no new jobs.
-    :ivar open: the connections currently open, so that :meth:`abort` can
-        close them if finishing in-flight sends takes too long.
+    Made before the pool exists (the embedded server starts first), and
+    given the pool by :func:`deliver_all` once it does.
+
+    :ivar stopping: set by :meth:`stop`: no new job is started.
+    :ivar aborted: set by :meth:`abort`: the messages in flight were cut.
     """
 
     stopping: bool = False
-    open: set[Any] = field(default_factory=set)
+    aborted: bool = False
+    pool: SMTPPool | None = None
+
+    def stop(self) -> None:
+        """Start no new job; let the pool finish the messages it is sending."""
+        self.stopping = True
+        if self.pool is not None:
+            self.pool.close()
 
     def abort(self) -> None:
-        """Close every open connection now (in-flight sends fail)."""
-        for connection in list(self.open):
-            connection.close()
+        """Drop every connection now: the messages in flight fail."""
+        self.stopping = True
+        self.aborted = True
+        if self.pool is not None:
+            self.pool.abort()
 
 
-OpenConnection = Callable[[], Awaitable[Any]]
-SendJob = Callable[[Any, Job], Awaitable[Any]]
+def open_job(job: Job) -> tuple[Envelope, BinaryIO]:
+    """
+    The envelope of ``job`` and its message, opened; the caller closes it.
 
-
-async def _quit(clock: IReactorTime, connection: SendingConnection) -> None:
-    d = connection.quit()
-    d.addTimeout(_QUIT_GRACE, clock)
+    :raises EnvelopeError: if the envelope is unusable.
+    :raises StreamError: if the message cannot be read.
+    """
     try:
-        await d
-    except Exception:
-        connection.close()
-
-
-async def _worker(
-    number: int,
-    clock: IReactorTime,
-    queue: JobQueue,
-    open_connection: OpenConnection,
-    send_job: SendJob,
-    record: Callable[[Outcome], None],
-    notice: Callable[[str], None],
-    control: RunControl,
-) -> BaseException | None:
-    connection: Any = None
-    broken_in_a_row = 0
+        dsn = (
+            None
+            if job.dsn is None
+            else DSN(
+                ret=job.dsn.ret,
+                envid=job.dsn.envid,
+                notify=None if job.dsn.notify is None else list(job.dsn.notify),
+                orcpt=job.dsn.orcpt,
+            )
+        )
+        envelope = Envelope(
+            job.mail_from,
+            list(job.rcpt_to),
+            size=job.content.size_hint(),
+            use_8bit_mime=job.use_8bit_mime,
+            dsn=dsn,
+        )
+    except (ValueError, TypeError) as e:
+        raise EnvelopeError(f"unusable envelope: {e}") from None
     try:
-        while not control.stopping:
-            job = queue.take()
-            if job is None:
-                return None
-            if job.problem is not None:
-                record(Outcome.unsendable(job))
-                continue
-            if connection is None:
-                try:
-                    connection = await open_connection()
-                except Exception as e:
-                    queue.put_back(job)
-                    notice(f"connection {number}: cannot connect: {e}")
-                    return e
-                control.open.add(connection)
-            started_wall = time.time()
-            started = clock.seconds()
-            try:
-                info = await send_job(connection, job)
-            except Exception as e:
-                record(
-                    Outcome.failed(
-                        job,
-                        e,
-                        connected=True,
-                        started=started_wall,
-                        elapsed=clock.seconds() - started,
-                        connection=number,
-                    )
-                )
-                closes = not isinstance(e, SMTPConnectionError) or e.closes_connection
-                if closes:
-                    control.open.discard(connection)
-                    connection.close()
-                    connection = None
-                    broken_in_a_row += 1
-                    if broken_in_a_row >= _MAX_BROKEN_IN_A_ROW:
-                        notice(f"connection {number}: giving up after {broken_in_a_row} broken connections")
-                        return e
-                continue
-            broken_in_a_row = 0
-            record(
-                Outcome.sent(
-                    job,
-                    info,
-                    started=started_wall,
-                    elapsed=clock.seconds() - started,
-                    connection=number,
+        stream = job.content.open()
+    except OSError as e:
+        raise StreamError(f"cannot read {job.source}: {e.strerror or e}") from None
+    return envelope, stream
+
+
+def _loses_connection(error: BaseException) -> bool:
+    return not isinstance(error, SMTPConnectionError) or error.closes_connection
+
+
+class _Streak:
+    """
+    Counts the settled messages in a row whose trouble was the connection,
+    not the message, and says when to give up.
+    """
+
+    def __init__(self, connections: int) -> None:
+        self._unreachable_limit = connections
+        self._broken_limit = BROKEN_PER_CONNECTION * connections
+        self.unreachable = 0
+        self.broken = 0
+
+    def add(self, trace: SendTrace) -> bool:
+        """Count ``trace``; whether it is time to give up."""
+        error = trace.error
+        if trace.attempts == 0:
+            return False  # never tried: says nothing about the server
+        if error is None or (trace.connection != 0 and not _loses_connection(error)):
+            self.unreachable = self.broken = 0
+            return False
+        self.unreachable = self.unreachable + 1 if trace.connection == 0 else 0
+        self.broken += 1
+        return self.unreachable >= self._unreachable_limit or self.broken >= self._broken_limit
+
+
+class _Delivery:
+    """One run of :func:`deliver_all`."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        pool: SMTPPool,
+        jobs: Iterator[Job],
+        *,
+        connections: int,
+        record: Callable[[Outcome], None],
+        notice: Callable[[str], None],
+        control: RunControl,
+    ) -> None:
+        self._clock = clock
+        self._pool = pool
+        self._jobs = jobs
+        self._window = WINDOW_PER_CONNECTION * connections
+        self._streak = _Streak(connections)
+        self._record = record
+        self._notice = notice
+        self._control = control
+        self._outstanding = 0
+        self._filling = False
+        self._exhausted = False
+        self._gave_up: BaseException | None = None
+        self._crash: BaseException | None = None
+        self.done: Deferred[None] = Deferred()
+
+    def _stopped(self) -> bool:
+        return self._control.stopping or self._gave_up is not None or self._crash is not None
+
+    def _leftover_reason(self) -> tuple[ErrorInfo, int]:
+        if self._gave_up is not None:
+            return ErrorInfo.from_exception(self._gave_up), classify(self._gave_up, connected=False)
+        return _INTERRUPTED, EX_TEMPFAIL
+
+    def fill(self) -> None:
+        """Hand the pool jobs up to the window; fire :attr:`done` at the end."""
+        if self._filling:
+            # A send settled while a job was being handed over: the loop
+            # below goes on, so no recursion (a spool can be long).
+            return
+        self._filling = True
+        try:
+            while not self._stopped() and self._outstanding < self._window:
+                job = next(self._jobs, None)
+                if job is None:
+                    self._exhausted = True
+                    break
+                self._start(job)
+        except Exception as e:
+            self._halt(e)
+        finally:
+            self._filling = False
+        if self._outstanding == 0 and (self._exhausted or self._stopped()) and not self.done.called:
+            if self._crash is not None:
+                self.done.errback(self._crash)
+            else:
+                self.done.callback(None)
+
+    def _start(self, job: Job) -> None:
+        if job.problem is not None:
+            self._record(Outcome.unsendable(job))
+            return
+        started_wall = time.time()
+        started = self._clock.seconds()
+        try:
+            envelope, stream = open_job(job)
+        except SMTPConnectionError as e:
+            self._record(
+                Outcome.failed(
+                    job, e, connected=False, started=started_wall, elapsed=0.0, connection=0, attempts=0
                 )
             )
-        return None
-    finally:
-        if connection is not None:
-            await _quit(clock, connection)
-            control.open.discard(connection)
+            return
+        self._outstanding += 1
+        d = self._pool.send_traced(envelope, stream)
+        d.addCallback(self._settled, job, stream, started_wall, started)
+
+    def _settled(
+        self, trace: SendTrace, job: Job, stream: BinaryIO, started_wall: float, started: float
+    ) -> None:
+        self._outstanding -= 1
+        try:
+            stream.close()
+            self._record(self._outcome(trace, job, started_wall, self._clock.seconds() - started))
+            if self._streak.add(trace) and not self._stopped():
+                assert trace.error is not None
+                self._give_up(trace.error)
+        except Exception as e:
+            self._halt(e)
+        self.fill()
+
+    def _outcome(self, trace: SendTrace, job: Job, started_wall: float, elapsed: float) -> Outcome:
+        if trace.info is not None:
+            return Outcome.sent(
+                job,
+                trace.info,
+                started=started_wall,
+                elapsed=elapsed,
+                connection=trace.connection,
+                attempts=trace.attempts,
+            )
+        error = trace.error
+        assert error is not None
+        if trace.attempts == 0 and self._stopped():
+            # The pool was closed before it started this one.
+            reason, code = self._leftover_reason()
+            return Outcome.not_sent(job, reason=reason, exit_code=code)
+        if trace.attempts > 0 and trace.connection == 0:
+            return Outcome.not_sent(
+                job,
+                reason=ErrorInfo.from_exception(error),
+                exit_code=classify(error, connected=False),
+                attempts=trace.attempts,
+            )
+        outcome = Outcome.failed(
+            job,
+            error,
+            connected=trace.connection != 0,
+            started=started_wall,
+            elapsed=elapsed,
+            connection=trace.connection,
+            attempts=trace.attempts,
+        )
+        if self._control.aborted:
+            # Cut by our own Ctrl-C, not refused: try again later.
+            unknown = getattr(error, "delivery_unknown", False)
+            message = "cut off when the Ctrl-C grace period ended" + (
+                " after the whole message was sent: the server may have it" if unknown else ""
+            )
+            outcome = dataclasses.replace(
+                outcome, error=ErrorInfo(code="EINTERRUPTED", message=message), exit_code=EX_TEMPFAIL
+            )
+        return outcome
+
+    def _give_up(self, error: BaseException) -> None:
+        self._gave_up = error
+        if self._streak.unreachable:
+            why = f"{self._streak.unreachable} message(s) in a row could not get a connection"
+        else:
+            why = f"{self._streak.broken} message(s) in a row lost their connection"
+        self._notice(f"giving up: {why}; last error: {error}")
+        self._pool.close()
+
+    def _halt(self, error: BaseException) -> None:
+        """A bug (or an unwritable report): stop, and fail the run once the pool is quiet."""
+        if self._crash is None:
+            self._crash = error
+        self._pool.close()
+
+    def report_leftovers(self) -> None:
+        """Every job never handed to the pool is reported not sent."""
+        if self._crash is not None:
+            return
+        reason, code = self._leftover_reason()
+        for job in self._jobs:
+            self._record(Outcome.not_sent(job, reason=reason, exit_code=code))
 
 
 async def deliver_all(
     clock: IReactorTime,
-    queue: JobQueue,
+    pool: SMTPPool,
+    jobs: Iterable[Job],
     *,
     connections: int,
-    open_connection: OpenConnection,
-    send_job: SendJob,
     record: Callable[[Outcome], None],
     notice: Callable[[str], None],
     control: RunControl,
-) -> list[BaseException]:
+) -> None:
     """
-    Send every job of ``queue`` over up to ``connections`` connections.
+    Send every job through ``pool``, then close it.
 
-    :param clock: for timings and the QUIT grace period.
-    :param open_connection: returns a connected (and logged in) connection.
-    :param send_job: sends one job on a connection, returning ``SendInfo``.
-    :param record: called once per job that was tried (or is unsendable).
-    :param notice: called with a line for the user about a worker.
-    :param control: the run's stop switch.
-    :returns: the errors of the workers that gave up, oldest first; jobs
-        still in ``queue`` afterwards were never tried.
+    :param clock: for timings and the grace period of the final QUITs.
+    :param pool: the run's pool, made with ``max_connections=connections``.
+    :param connections: the pool's ``max_connections``: sets how many
+        sends are handed over at a time and when to give up.
+    :param record: called exactly once for every job, as it settles.
+    :param notice: called with a line for the user (giving up).
+    :param control: the run's stop switch; given ``pool``.
+    :raises Exception: what ``record`` raised, once the pool is closed.
     """
-    workers = [
-        Deferred.fromCoroutine(
-            _worker(n, clock, queue, open_connection, send_job, record, notice, control)
-        )
-        for n in range(1, connections + 1)
-    ]
-    results = await gatherResults(workers)
-    return [r for r in results if r is not None]
+    control.pool = pool
+    run = _Delivery(
+        clock, pool, iter(jobs), connections=connections, record=record, notice=notice, control=control
+    )
+    if control.stopping:
+        pool.close()  # Ctrl-C came before the pool existed.
+    try:
+        run.fill()
+        await run.done
+        run.report_leftovers()
+    finally:
+        closing = pool.close()
+        cut = clock.callLater(_QUIT_GRACE, pool.abort)
+        try:
+            await closing
+        finally:
+            if cut.active():
+                cut.cancel()
