@@ -636,7 +636,7 @@ def test_delivery_reports_every_job_once_and_replaces_a_broken_connection() -> N
 def test_delivery_gives_up_when_no_connection_can_be_made() -> None:
     from twisted.internet.testing import MemoryReactorClock
 
-    from test_pool import RefusingEndpoint
+    from wiretools import RefusingEndpoint
     from wiretools import result
 
     endpoint = RefusingEndpoint()
@@ -677,7 +677,7 @@ def test_delivery_hands_the_pool_a_bounded_window() -> None:
     """A long run takes jobs from its source only as sends finish."""
     from twisted.internet.testing import MemoryReactorClock
 
-    from test_pool import HoldingServer
+    from wiretools import HoldingServer
     from wiretools import AutoEndpoint, result
 
     pulled: list[int] = []
@@ -709,7 +709,7 @@ def test_delivery_hands_the_pool_a_bounded_window() -> None:
 def test_stop_finishes_the_messages_in_flight_and_reports_the_rest() -> None:
     from twisted.internet.testing import MemoryReactorClock
 
-    from test_pool import HoldingServer
+    from wiretools import HoldingServer
     from wiretools import AutoEndpoint, pending, result
 
     server = HoldingServer()
@@ -738,7 +738,7 @@ def test_stop_finishes_the_messages_in_flight_and_reports_the_rest() -> None:
 def test_abort_cuts_the_messages_in_flight() -> None:
     from twisted.internet.testing import MemoryReactorClock
 
-    from test_pool import HoldingServer
+    from wiretools import HoldingServer
     from wiretools import AutoEndpoint, result
 
     server = HoldingServer()

@@ -15,10 +15,8 @@ import hashlib
 import itertools
 import json
 import mailbox
-import os
 import re
 import shutil
-import socket
 import sys
 import threading
 from collections import Counter
@@ -30,50 +28,20 @@ from typing import Any
 import pytest
 import pytest_twisted
 
+from realservers.ports import free_port
+from runtools import REPO, subprocess_env, twistd_command
 from twisted_smtpconn._cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from twisted_smtpconn._sink import RunningSink, SinkConfig, start_sink
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "docs" / "examples"
 
 #: Seconds any one subprocess run may take before the test fails.
 RUN_LIMIT = 180
 
-
-def subprocess_env() -> dict[str, str]:
-    """
-    The environment for subprocesses: when the package under test is the
-    source tree, put the repository root on ``PYTHONPATH`` (Twisted then
-    finds the dropin in ``twisted/plugins``); an installed wheel is found
-    as it is.
-    """
-    import twisted_smtpconn
-
-    env = dict(os.environ)
-    # The source tree, not a wheel installed into REPO/.venv.
-    if Path(twisted_smtpconn.__file__).resolve().parent == REPO / "twisted_smtpconn":
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
-
-
-def twistd_command() -> list[str]:
-    """The ``twistd`` script of this interpreter's environment."""
-    script = Path(sys.executable).parent / "twistd"
-    if script.exists():
-        return [sys.executable, str(script)]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
 FRONT_ENDS = {
     "python -m": [sys.executable, "-m", "twisted_smtpconn"],
     "twistd": [*twistd_command(), "-n", "--pidfile=", "smtpsend"],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from twisted_smtpconn import Envelope, SMTPPool
-from wiretools import AutoEndpoint, AutoServer, failure, pending, result
+from wiretools import AutoEndpoint, AutoServer, HoldingServer, RefusingEndpoint, failure, pending, result
 
 
 def make_pool(server: AutoServer, **options: Any) -> tuple[SMTPPool, MemoryReactorClock, AutoEndpoint]:
@@ -190,46 +190,6 @@ def test_bad_pool_options(kwargs: dict[str, Any]) -> None:
 
 
 # -- send_traced, close and abort ----------------------------------------------
-
-
-class HoldingServer(AutoServer):
-    """An AutoServer that withholds the reply to each final dot until ``answer()``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: list[Any] = []
-        self.final = lambda data, n: b"HOLD"
-
-    def attach(self, transport: Any) -> None:
-        super().attach(transport)
-        send = transport.reply
-
-        def reply(line: bytes) -> None:
-            if line == b"HOLD":
-                self.held.append(lambda: send(b"250 2.0.0 queued"))
-            else:
-                send(line)
-
-        transport.reply = reply
-
-    def answer(self) -> None:
-        held, self.held = self.held, []
-        for reply in held:
-            reply()
-
-
-class RefusingEndpoint:
-    """Every connect() fails as a refused TCP connection would."""
-
-    def __init__(self) -> None:
-        self.attempts = 0
-
-    def connect(self, factory: Any) -> Any:
-        from twisted.internet.defer import fail
-        from twisted.internet.error import ConnectionRefusedError
-
-        self.attempts += 1
-        return fail(ConnectionRefusedError("refused"))
 
 
 def test_send_traced_counts_attempts_and_names_the_connection() -> None:

@@ -212,3 +212,43 @@ class AutoEndpoint:
         protocol.makeConnection(transport)
         protocol.dataReceived(b"220 server.example ready\r\n")
         return succeed(protocol)
+
+
+class HoldingServer(AutoServer):
+    """An AutoServer that withholds the reply to each final dot until ``answer()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Any] = []
+        self.final = lambda data, n: b"HOLD"
+
+    def attach(self, transport: Any) -> None:
+        super().attach(transport)
+        send = transport.reply
+
+        def reply(line: bytes) -> None:
+            if line == b"HOLD":
+                self.held.append(lambda: send(b"250 2.0.0 queued"))
+            else:
+                send(line)
+
+        transport.reply = reply
+
+    def answer(self) -> None:
+        held, self.held = self.held, []
+        for reply in held:
+            reply()
+
+
+class RefusingEndpoint:
+    """Every connect() fails as a refused TCP connection would."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self, factory: Any) -> Any:
+        from twisted.internet.defer import fail
+        from twisted.internet.error import ConnectionRefusedError
+
+        self.attempts += 1
+        return fail(ConnectionRefusedError("refused"))
