@@ -33,6 +33,10 @@ __all__ = ["SMTPClientFactory", "open_protocol"]
 class SMTPClientFactory(ClientFactory):
     """Builds one :class:`SMTPClientProtocol` with the connection's settings."""
 
+    #: The connection logs its own events; "Starting factory" lines for
+    #: every connection would only bury them.
+    noisy = False
+
     def __init__(self, *, clock: IReactorTime, options: ConnectionOptions, wire_log: WireLog) -> None:
         self._clock = clock
         self._options = options
