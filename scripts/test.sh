@@ -9,7 +9,7 @@
 #     dovecot-core) with apt-get; as another user it says so and skips this;
 #  2. creates .venv (python3 -m venv) unless it exists;
 #  3. builds the wheel and installs it, not editable, with the test, docs and
-#     ntlm extras, and checks that the wheel holds every module of the tree;
+#     ntlm and bench extras, and checks that the wheel holds every module of the tree;
 #  4. rebuilds Twisted's plugin cache and checks that twistd lists smtpsend;
 #  5. runs pytest against the INSTALLED package, with coverage;
 #  6. runs mypy --strict (mypy.ini: the package and tests/typed_consumer.py);
@@ -84,7 +84,7 @@ wheel=${wheels[0]}
 # An install of the same version would otherwise count as "already
 # satisfied" and the tests would run against the old code.
 "$vpython" -m pip uninstall --quiet --yes twisted_smtpconn >/dev/null 2>&1 || true
-"$vpython" -m pip install --quiet --disable-pip-version-check "${wheel}[test,docs,ntlm]"
+"$vpython" -m pip install --quiet --disable-pip-version-check "${wheel}[test,docs,ntlm,bench]"
 
 step "check the wheel's contents"
 "$vpython" - "$wheel" "$repo" <<'EOF'
