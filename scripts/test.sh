@@ -8,8 +8,8 @@
 #  1. as root, installs the real servers the tests drive (postfix,
 #     dovecot-core) with apt-get; as another user it says so and skips this;
 #  2. creates .venv (python3 -m venv) unless it exists;
-#  3. builds the wheel and installs it, not editable, with the test, docs and
-#     ntlm and bench extras, and checks that the wheel holds every module of the tree;
+#  3. builds the wheel and installs it, not editable, with the test, docs, ntlm and
+#     bench extras, and checks that the wheel holds every module of the tree;
 #  4. rebuilds Twisted's plugin cache and checks that twistd lists smtpsend;
 #  5. runs pytest against the INSTALLED package, with coverage;
 #  6. runs mypy --strict (mypy.ini: the package and tests/typed_consumer.py);
