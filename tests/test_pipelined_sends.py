@@ -167,18 +167,38 @@ def test_a_send_behind_a_reset_is_not_let_through() -> None:
     assert wire.client() == b"RSET\r\n"
 
 
-def test_a_send_made_after_the_dot_waits_for_the_reply() -> None:
+def test_a_send_made_after_the_dot_goes_at_once() -> None:
+    """
+    Called while the running send only awaits its final reply, a send goes
+    out at once, exactly as if it had been queued before the dot.
+    """
     wire = connected()
     d1 = wire.conn.send(ENVELOPE_1, b"first")
     wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
     assert wire.client().endswith(b"first\r\n.\r\n")
     d2 = wire.conn.send(ENVELOPE_2, b"second")
+    assert wire.client() == GROUP_2
+    assert pending(d1)
+    wire.server(b"250 first\r\n")
+    assert result(d1).response == "250 first"
+    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    assert wire.client() == b"second\r\n.\r\n"
+    wire.server(b"250 second\r\n")
+    assert result(d2).response == "250 second"
+
+
+def test_a_reset_made_after_the_dot_waits_for_the_reply() -> None:
+    wire = connected()
+    d1 = wire.conn.send(ENVELOPE_1, b"first")
+    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    wire.client()
+    d2 = wire.conn.reset()
     assert wire.client() == b""
     wire.server(b"250 first\r\n")
     assert result(d1).response == "250 first"
-    assert wire.client() == GROUP_2
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n250 second\r\n")
-    assert result(d2).response == "250 second"
+    assert wire.client() == b"RSET\r\n"
+    wire.server(b"250 ok\r\n")
+    assert result(d2) is None
 
 
 def test_lmtp_replies_per_recipient_then_the_next_envelope() -> None:

@@ -278,3 +278,69 @@ def test_abort_drops_connections_without_quit() -> None:
     result(closing)
     assert pool.open_connections == 0
     assert reactor.getDelayedCalls() == []
+
+
+class InOrderHoldingServer(AutoServer):
+    """
+    Withholds the reply to each final dot until ``answer()``, and every reply
+    after it too, as a real server answers in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ehlo = b"250-server.example\r\n250 PIPELINING"
+        self.final = lambda data, n: b"HOLD"
+        self.queued: list[tuple[Any, bytes]] = []
+
+    def attach(self, transport: Any) -> None:
+        super().attach(transport)
+        send = transport.reply
+
+        def reply(line: bytes) -> None:
+            if line == b"HOLD" or self.queued:
+                self.queued.append((send, b"250 2.0.0 queued" if line == b"HOLD" else line))
+            else:
+                send(line)
+
+        transport.reply = reply
+
+    def answer(self) -> None:
+        """Release replies up to and including the next held final reply."""
+        while self.queued:
+            send, line = self.queued.pop(0)
+            send(line)
+            if line == b"250 2.0.0 queued":
+                return
+
+
+def test_a_busy_pipelining_connection_takes_a_second_message() -> None:
+    server = InOrderHoldingServer()
+    pool, reactor, endpoint = make_pool(server, max_connections=1)
+    first = pool.send(envelope(1), b"one")
+    second = pool.send(envelope(2), b"two")
+    # The first message's final reply is still outstanding, yet the second
+    # envelope already followed its dot on the same connection.
+    assert server.connections == 1
+    assert server.messages == [b"one\r\n"]
+    assert [c for c in server.commands if c.startswith(b"RCPT")] == [b"RCPT TO:<r1@x.org>", b"RCPT TO:<r2@x.org>"]
+    assert pending(first) and pending(second)
+    server.answer()
+    assert result(first).accepted == ["r1@x.org"]
+    server.answer()
+    assert result(second).accepted == ["r2@x.org"]
+    assert server.messages == [b"one\r\n", b"two\r\n"]
+    result(pool.close())
+
+
+def test_no_second_message_without_pipelining() -> None:
+    server = InOrderHoldingServer()
+    server.ehlo = b"250 server.example"
+    pool, reactor, endpoint = make_pool(server, max_connections=1)
+    first = pool.send(envelope(1), b"one")
+    second = pool.send(envelope(2), b"two")
+    assert [c for c in server.commands if c.startswith(b"RCPT")] == [b"RCPT TO:<r1@x.org>"]
+    server.answer()
+    assert result(first).accepted == ["r1@x.org"]
+    server.answer()
+    assert result(second).accepted == ["r2@x.org"]
+    result(pool.close())

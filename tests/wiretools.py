@@ -127,6 +127,7 @@ class AutoServer:
         self.rcpt = lambda address, n: b"250 ok"
         self.final = lambda data, n: b"250 queued"
         self.drop_after_dot = 0
+        self.ehlo = b"250 server.example"
 
     def attach(self, transport: "ScriptedTransport") -> None:
         self.connections += 1
@@ -158,7 +159,7 @@ class AutoServer:
             self.commands.append(line)
             verb = line.split(b" ", 1)[0].split(b":", 1)[0].upper()
             if verb in (b"EHLO", b"HELO"):
-                transport.reply(b"250 server.example")
+                transport.reply(self.ehlo)
             elif verb == b"MAIL":
                 transport.reply(b"250 ok")
             elif verb == b"RCPT":

@@ -48,11 +48,14 @@ class _Turn:
     queued send (see :meth:`SMTPConnection._hand_over`).
     """
 
-    __slots__ = ("_queue", "released")
+    __slots__ = ("_queue", "released", "dot_written")
 
     def __init__(self, queue: DeferredLock) -> None:
         self._queue = queue
         self.released = False
+        #: The send holding this turn has written its final dot and waits
+        #: only for the server's final reply.
+        self.dot_written = False
 
     def release(self) -> None:
         if not self.released:
@@ -286,7 +289,13 @@ class SMTPConnection:
         self._waiting.append(waiter)
         try:
             try:
-                await self._queue.acquire()
+                acquired = self._queue.acquire()
+                running = self._turn
+                if action == "send" and running.dot_written and self._waiting[0] is waiter:
+                    # The running send only awaits its final reply: go now
+                    # (see _hand_over), even though we came after its dot.
+                    running.release()
+                await acquired
             finally:
                 self._waiting.remove(waiter)
             turn = self._turn = _Turn(self._queue)
@@ -459,6 +468,7 @@ class SMTPConnection:
         a round trip (RFC 2920).  Only a send: run_transaction explains why
         that is safe, and nothing else (QUIT, RSET, AUTH) gains from it.
         """
+        turn.dot_written = True
         if self._waiting and self._waiting[0].action == "send":
             turn.release()
 

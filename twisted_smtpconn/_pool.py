@@ -113,6 +113,9 @@ class _Slot:
     sent: int = 0
     idle_call: IDelayedCall | None = None
     broken: bool = False
+    #: Sends running on it now (at most two: see SMTPPool._second_lane).
+    in_flight: int = 0
+    retired: bool = False
 
 
 @dataclass
@@ -314,16 +317,42 @@ class SMTPPool:
             if delay > 0:
                 self._schedule_pump(delay)
                 return
+            slot: _Slot | None
             if self._idle:
                 slot = self._idle.pop()
                 self._stop_idle_timer(slot)
             elif self.open_connections < self._max_connections:
                 slot = None
             else:
-                return
+                slot = self._second_lane()
+                if slot is None:
+                    return
+            if slot is not None:
+                slot.in_flight += 1
             job = self._waiting.popleft()
             self._rate.record()
             self._track(Deferred.fromCoroutine(self._run(job, slot)))
+
+    def _second_lane(self) -> _Slot | None:
+        """
+        A busy connection that may take one more message now.
+
+        With PIPELINING a send queued behind a running one starts as soon as
+        the running one's final dot is written, so its envelope shares a
+        round trip with the previous final reply (SMTPConnection's hand-over).
+        Only when every connection is busy and no new one may be opened; at
+        most two sends per connection, so a failure costs little.
+        """
+        for slot in self._slots:
+            if (
+                slot.in_flight == 1
+                and not (slot.broken or slot.retired)
+                and slot.sent + slot.in_flight < self._max_messages
+                and slot.connection.state is State.READY
+                and "PIPELINING" in slot.connection.extensions
+            ):
+                return slot
+        return None
 
     def _schedule_pump(self, delay: float) -> None:
         if self._pump_call is not None and self._pump_call.active():
@@ -392,6 +421,7 @@ class SMTPPool:
         try:
             if slot is None:
                 slot = await self._open_slot()
+                slot.in_flight += 1
                 job.connection = slot.number
             message = job.replay() if (job.replay is not None and job.attempts > 1) else job.message
             info = await slot.connection.send(job.envelope, message)
@@ -436,6 +466,10 @@ class SMTPPool:
         """Put a connection back, or retire it when it is spent or broken."""
         if slot is None:
             return
+        slot.in_flight -= 1
+        if slot.in_flight > 0:
+            # Its other send is still running; that one's release decides.
+            return
         spent = slot.sent >= self._max_messages
         if slot.broken or spent or self._closed or slot.connection.state is not State.READY:
             self._track(self._retire(slot))
@@ -449,6 +483,7 @@ class SMTPPool:
             self._track(self._retire(slot))
 
     def _retire(self, slot: _Slot) -> Deferred[None]:
+        slot.retired = True
         self._stop_idle_timer(slot)
         d = slot.connection.quit()
         d.addErrback(lambda _: slot.connection.close())
