@@ -374,13 +374,7 @@ async def bdat_transaction(
     final_replies = [pending.reply for pending in exchange.final if pending.reply is not None]
     last_line = exchange.final[0].line
     if lmtp:
-        for address, reply in zip(list(accepted), final_replies):
-            if not reply.is_positive:
-                accepted.remove(address)
-                rejected.append(address)
-                refusal = f"the server refused the message for {address!r}"
-                late = _transaction._reply_error(MessageError, refusal, reply, last_line, address)
-                rejected_errors.append(late)
+        _transaction.fold_lmtp_replies(final_replies, last_line, accepted, rejected, rejected_errors)
     elif not final_replies[0].is_positive:
         await _transaction.reset_session(protocol)
         final = final_replies[0]

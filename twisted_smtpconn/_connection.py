@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -204,7 +204,7 @@ class SMTPConnection:
         try:
             self._lifecycle.require("connect", State.NEW)
         except ProtocolError as error:
-            return _failed(error)
+            return fail(error)
         self._lifecycle.move(State.CONNECTING)
         return self._queued(self._connect, "connect", State.CONNECTING)
 
@@ -213,7 +213,7 @@ class SMTPConnection:
         try:
             credentials = coerce_auth(auth)
         except (TypeError, ValueError) as error:
-            return _failed(error)
+            return fail(error)
         return self._queued(lambda: self._login(credentials), "log in", State.READY)
 
     def send(self, envelope: Envelope | Mapping[str, Any], message: object) -> Deferred[SendInfo]:
@@ -228,7 +228,7 @@ class SMTPConnection:
             checked = coerce_envelope(envelope)
             check_message(message)
         except (SMTPConnectionError, TypeError, ValueError) as error:
-            return _failed(error)
+            return fail(error)
         return self._queued(lambda: self._send(checked, message), "send", State.READY)
 
     def reset(self) -> Deferred[None]:
@@ -278,7 +278,7 @@ class SMTPConnection:
         try:
             self._lifecycle.require(action, *allowed, State.CONNECTING)
         except ProtocolError as error:
-            return _failed(error)
+            return fail(error)
         return Deferred.fromCoroutine(self._run_in_turn(operation, action, allowed))
 
     async def _run_in_turn(
@@ -533,9 +533,3 @@ class SMTPConnection:
 def _abort_quietly(protocol: SMTPClientProtocol) -> None:
     if protocol.is_open and protocol.transport is not None:
         protocol.transport.abortConnection()  # type: ignore[attr-defined]
-
-
-def _failed(error: BaseException) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(error)
-    return d

@@ -25,6 +25,7 @@ from ._envelope import Envelope
 from ._errors import (
     EnvelopeError,
     MessageError,
+    ProtocolError,
     SMTPConnectionError,
     StreamError,
 )
@@ -35,7 +36,7 @@ from ._sendinfo import SendInfo
 from ._session import closing_error
 from ._source import DEFAULT_CHUNK_SIZE, iterate_message
 
-__all__ = ["run_transaction", "reset_session"]
+__all__ = ["run_transaction", "reset_session", "fold_lmtp_replies"]
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,6 @@ async def reset_session(protocol: SMTPClientProtocol) -> Reply:
     """
     reply = await protocol.send_command(b"RSET")
     if not reply.is_positive:
-        from ._errors import ProtocolError
-
         raise _reply_error(ProtocolError, "the server refused RSET", reply, b"RSET")
     return reply
 
@@ -199,6 +198,27 @@ async def _pipelined_envelope(protocol: SMTPClientProtocol, commands: _Commands)
     if not mail_reply.is_positive:
         raise _reply_error(EnvelopeError, "the server refused the sender", mail_reply, commands.mail)
     raise _all_rejected(errors)
+
+
+def fold_lmtp_replies(
+    replies: list[Reply],
+    command: bytes,
+    accepted: list[str],
+    rejected: list[str],
+    rejected_errors: list[SMTPConnectionError],
+) -> None:
+    """
+    LMTP (RFC 2033): one final reply per accepted recipient, in RCPT order;
+    move each recipient refused after the message from ``accepted`` to
+    ``rejected`` with its error.
+    """
+    for address, reply in zip(list(accepted), replies):
+        if not reply.is_positive:
+            accepted.remove(address)
+            rejected.append(address)
+            rejected_errors.append(
+                _reply_error(MessageError, f"the server refused the message for {address!r}", reply, command, address)
+            )
 
 
 async def run_transaction(
@@ -303,15 +323,7 @@ async def run_transaction(
             waiting.addErrback(lambda _: None)
 
     if lmtp:
-        for address, reply in zip(list(accepted), replies):
-            if not reply.is_positive:
-                accepted.remove(address)
-                rejected.append(address)
-                rejected_errors.append(
-                    _reply_error(
-                        MessageError, f"the server refused the message for {address!r}", reply, b".", address
-                    )
-                )
+        fold_lmtp_replies(replies, b".", accepted, rejected, rejected_errors)
     elif not replies[0].is_positive:
         raise _reply_error(MessageError, "the server refused the message", replies[0], b".")
 
