@@ -29,7 +29,7 @@ STARTTLS to a MITM's certificate                    ``ETLS``
 huge EHLO list                                      parsed up to the caps, ``EPROTOCOL`` beyond
 bogus SIZE parameter                                treated as "no declared limit"
 every reply in one-byte writes                      works, byte-exact
-replies sent ahead of their commands               paired in order; a reply too many: ``EPROTOCOL``
+replies sent ahead of their commands               ``EPROTOCOL``, nothing more written
 final dot never answered                            ``ETIMEDOUT`` with ``delivery_unknown``
 ==================================================  ===========================================
 """
@@ -789,53 +789,72 @@ async def test_every_reply_in_one_byte_writes() -> None:
         b"DATA\r\n" + MESSAGE_WIRE + b"QUIT\r\n"
     )
 
-
 @pytest_twisted.ensureDeferred
-async def test_replies_sent_ahead_of_their_commands_pair_in_order() -> None:
+async def test_a_reply_ahead_of_its_command_is_a_protocol_error() -> None:
     """
-    A server that answers ahead (the EHLO reply with the greeting, the
-    final reply with the 354): the replies pair with the commands strictly
-    in order, as a pipelining server's do, and a send still succeeds only
-    after the whole message, final dot included, went out.
+    A server that answers ahead of the command, here the EHLO reply in the
+    same read as the greeting: nobody waited for that reply when it came, so
+    the dialogue is out of step (a later reply would pair with the wrong
+    command).  ``EPROTOCOL``, and nothing is written: not even EHLO.
     """
-    dialogue = Dialogue()
 
     async def scenario(peer: Peer) -> None:
         peer.send(b"220 adversary.example\r\n" + EHLO_PLAIN)
+        await peer.gone()
+
+    async def body(s: Session) -> None:
+        conn = s.connect_to()
+        assert_closed_with(await outcome(conn.connect()), "EPROTOCOL", response_code=250)
+
+    session = await run(scenario, body)
+    assert session.peer.received == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_final_reply_ahead_of_the_message_is_a_protocol_error() -> None:
+    """
+    The final reply sent with the 354, before the message: ``EPROTOCOL``
+    and not one byte of the message is written, so nothing half-sent can be
+    taken for delivered.
+    """
+
+    async def scenario(peer: Peer) -> None:
+        peer.send(b"220 adversary.example\r\n")
         await peer.expect(b"EHLO client.example")
+        peer.send(EHLO_PLAIN)
         await peer.expect(b"MAIL FROM:<sender@example.org>")
         peer.send(b"250 2.1.0 ok\r\n")
         await peer.expect(b"RCPT TO:<rcpt@example.org>")
         peer.send(b"250 2.1.5 ok\r\n")
         await peer.expect(b"DATA")
         peer.send(b"354 go\r\n250 2.0.0 queued ahead of the message\r\n")
-        dialogue.messages.append(await peer.read_message())
-        await _serve_rset_quit(peer)
+        await peer.gone()
 
     async def body(s: Session) -> None:
         conn = s.connect_to()
         await bounded(conn.connect())
-        assert conn.extensions == {"8BITMIME": "", "SIZE": "100000000"}
-        info = await bounded(conn.send(ENVELOPE, MESSAGE))
-        assert info.response == "250 2.0.0 queued ahead of the message"
-        await bounded(conn.quit())
+        error = assert_closed_with(await outcome(conn.send(ENVELOPE, MESSAGE)), "EPROTOCOL", response_code=250)
+        assert not error.delivery_unknown
 
-    await run(scenario, body)
-    assert dialogue.messages == [MESSAGE_WIRE]
+    session = await run(scenario, body)
+    assert session.peer.received.endswith(b"DATA\r\n")
+
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_reply_too_many_fails_the_idle_connection() -> None:
     """
     A reply that arrives while no command waits for one (here: the EHLO
-    reply sent twice, ahead and again) answers nothing: ``EPROTOCOL`` on
+    reply sent twice, the second time a while later) answers nothing: ``EPROTOCOL`` on
     the idle connection, reported as ``"error"`` then ``"end"``, and it
     never pairs with a later command.
     """
 
     async def scenario(peer: Peer) -> None:
-        peer.send(b"220 adversary.example\r\n" + EHLO_PLAIN)
+        peer.send(b"220 adversary.example\r\n")
         await peer.expect(b"EHLO client.example")
+        peer.send(EHLO_PLAIN)
+        await peer.sleep(0.3)
         peer.send(EHLO_PLAIN)
         await peer.gone()
 

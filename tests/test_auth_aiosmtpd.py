@@ -28,6 +28,7 @@ from twisted.logger import LogEvent, Logger, formatEvent
 
 from realservers.ports import LOOPBACK, free_port
 from tls_peers import guard, make_certs, server_ssl_context
+from wiretools import transcript_text
 from twisted_smtpconn import Auth, AuthenticationError, Envelope, SMTPConnection, SMTPConnectionError
 
 # aiosmtpd warns that its auth_required without auth_require_tls is unsafe:
@@ -508,7 +509,7 @@ async def test_no_secret_in_logs_against_a_real_server(make_auth_server: Callabl
     await _send_and_quit(conn)
 
     assert len(errors) == 4
-    texts = [formatEvent(event) for event in events] + [repr(event) for event in events]
+    texts = [transcript_text(formatEvent(event)) for event in events] + [repr(event) for event in events]
     texts += [str(error) for error in errors] + [repr(error) for error in errors]
     assert "C: AUTH PLAIN ****" in texts and "C: AUTH XOAUTH2 ****" in texts
     forms = []

@@ -26,6 +26,7 @@ import pytest_twisted
 from realservers.dovecot_peer import DovecotAuthPeer, dovecot_available, start_dovecot_auth
 from realservers.postfix_peer import PostfixRelay, postfix_unavailable_reason, start_postfix_relay
 from tls_peers import Certs, guard, make_certs
+from wiretools import transcript_text
 from twisted_smtpconn import Auth, AuthenticationError, EnvelopeError, Envelope, SMTPConnection
 
 pytestmark = pytest.mark.postfix
@@ -145,7 +146,7 @@ async def test_automatic_choice_is_the_strongest_dovecot_offers(submission: Subm
     await guard(conn.quit())
     received = await _delivered(submission, marker)
     assert "Authenticated sender: bob@example.org" in received.content.decode(errors="replace")
-    texts = [formatEvent(event) for event in events]
+    texts = [transcript_text(formatEvent(event)) for event in events]
     # No -PLUS from Dovecot's passwd-file here; SHA-256 is the strongest offered.
     assert "C: AUTH SCRAM-SHA-256 ****" in texts
     assert not [t for t in texts if USERS["bob@example.org"] in t]

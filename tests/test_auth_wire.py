@@ -6,6 +6,8 @@ exchanges, and that no credential ever reaches a log line or an error.
 
 from __future__ import annotations
 
+import re
+
 import base64
 import json
 from typing import Any
@@ -395,7 +397,9 @@ def _secrets(*values: str) -> list[str]:
 
 
 def _texts(events: list[LogEvent], errors: list[BaseException]) -> list[str]:
-    texts = [formatEvent(event) for event in events]
+    # Transcript lines name their connection ("#7 localhost:25 C: ..."); the
+    # checks below read the line itself.
+    texts = [re.sub(r"^#\d+ \S+ (?=[CS]: )", "", formatEvent(event)) for event in events]
     texts += [repr(event) for event in events]
     for error in errors:
         texts += [str(error), repr(error)]

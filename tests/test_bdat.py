@@ -250,7 +250,7 @@ def test_refused_chunk_stops_the_stream_reads_every_reply_and_resets() -> None:
 def test_refused_chunk_without_pipelining() -> None:
     wire = connected(EHLO_CHUNKING_ONLY)
     d = wire.conn.send(ENVELOPE, b"x" * 65536 + b"y" * 65536)
-    wire.server(b"250 ok\r\n250 ok\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n")
     assert bdat_lines(wire.client()) == [b"BDAT 65536"]
     wire.server(b"451 4.3.0 disk full\r\n")
     assert wire.client() == b"RSET\r\n"
@@ -357,7 +357,7 @@ def test_connection_lost_after_last_is_delivery_unknown() -> None:
 def test_connection_lost_before_last_is_not_delivery_unknown() -> None:
     wire = connected(EHLO_CHUNKING_ONLY)
     d = wire.conn.send(ENVELOPE, b"x" * 65536 + b"y" * 65536)
-    wire.server(b"250 ok\r\n250 ok\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n")
     assert bdat_lines(wire.client()) == [b"BDAT 65536"]
     wire.drop()
     err = failure(d)

@@ -274,7 +274,7 @@ def test_many_recipients_are_many_whole_lines() -> None:
         assert wire.client() == f"RCPT TO:<{address}>\r\n".encode()
         wire.server(b"250 ok\r\n")
     assert wire.client() == b"DATA\r\n"
-    wire.server(b"354 go\r\n250 queued\r\n")
+    wire.server(b"354 go\r\n", b"250 queued\r\n")
     assert result(d).accepted == rcpts
 
 
@@ -308,7 +308,7 @@ def test_a_message_that_fails_while_read_never_ends_the_data(message: object) ->
         message = message()
     wire = connected()
     d = wire.conn.send(GOOD, message)
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n")
     error = refused(d)
     assert error.code == "ESTREAM"
     written = wire.client()

@@ -127,12 +127,12 @@ def test_without_pipelining_the_next_envelope_waits() -> None:
     wire = connected(b"250-server.example\r\n250 8BITMIME\r\n")
     d1 = wire.conn.send(ENVELOPE_1, b"first")
     d2 = wire.conn.send(ENVELOPE_2, b"second")
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n")
     assert wire.client().endswith(b"DATA\r\nfirst\r\n.\r\n")
     wire.server(b"250 first\r\n")
     assert result(d1).response == "250 first"
     assert wire.client() == b"MAIL FROM:<a@x.org>\r\n"
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n250 second\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 second\r\n")
     assert result(d2).response == "250 second"
 
 
@@ -204,17 +204,17 @@ def test_a_reset_made_after_the_dot_waits_for_the_reply() -> None:
 def test_lmtp_replies_per_recipient_then_the_next_envelope() -> None:
     wire = Wire(lmtp=True)
     d = wire.conn.connect()
-    wire.server(b"220 lmtp\r\n250-lmtp.example\r\n250 PIPELINING\r\n")
+    wire.server(b"220 lmtp\r\n", b"250-lmtp.example\r\n250 PIPELINING\r\n")
     result(d)
     wire.client()
     d1 = wire.conn.send(Envelope("a@x.org", ["r1@x.org", "r2@x.org"]), b"first")
     d2 = wire.conn.send(ENVELOPE_2, b"second")
     wire.client()
-    wire.server(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n")
     assert wire.client() == b"first\r\n.\r\n" + GROUP_2
     wire.server(b"250 r1 ok\r\n")
     assert pending(d1)
-    wire.server(b"550 r2 full\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+    wire.server(b"550 r2 full\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n")
     info = result(d1)
     assert info.accepted == ["r1@x.org"] and info.rejected == ["r2@x.org"]
     assert wire.client() == b"second\r\n.\r\n"

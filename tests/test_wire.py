@@ -163,7 +163,10 @@ def test_send_writes_exact_bytes_and_reports() -> None:
 def test_send_never_succeeds_before_the_final_reply() -> None:
     wire = connected()
     d = wire.conn.send({"from": "a@x.org", "to": "b@x.org"}, b"hi")
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    for reply in (b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"):
+        # One read per reply: without PIPELINING each answers the command
+        # just written (replies ahead of their commands are EPROTOCOL).
+        wire.server(reply)
     assert wire.client().endswith(b"hi\r\n.\r\n")
     assert pending(d)
     wire.drop()
@@ -192,7 +195,7 @@ def test_partial_rejection_sends_to_the_accepted() -> None:
 def test_all_rejected_fails_and_resets() -> None:
     wire = connected()
     d = wire.conn.send(Envelope("a@x.org", ["n1@x.org", "n2@x.org"]), b"m")
-    wire.server(b"250 ok\r\n550 5.1.1 no\r\n451 4.3.0 later\r\n")
+    wire.server(b"250 ok\r\n", b"550 5.1.1 no\r\n", b"451 4.3.0 later\r\n")
     assert wire.client() == b"MAIL FROM:<a@x.org>\r\nRCPT TO:<n1@x.org>\r\nRCPT TO:<n2@x.org>\r\nRSET\r\n"
     wire.server(b"250 reset\r\n")
     err = failure(d)
@@ -202,7 +205,7 @@ def test_all_rejected_fails_and_resets() -> None:
     # The connection stays usable.
     d2 = wire.conn.send(Envelope("a@x.org", "y@x.org"), b"m")
     assert wire.client() == b"MAIL FROM:<a@x.org>\r\n"
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 ok\r\n")
     assert result(d2).accepted == ["y@x.org"]
 
 
@@ -286,7 +289,7 @@ def test_injection_fails_before_anything_is_written(envelope: dict[str, object])
 def test_data_refused_resets() -> None:
     wire = connected()
     d = wire.conn.send(Envelope("a@x.org", ["b@x.org"]), b"m")
-    wire.server(b"250 ok\r\n250 ok\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n")
     wire.client()
     wire.server(b"554 5.5.1 no valid recipients\r\n")
     assert wire.client() == b"RSET\r\n"
@@ -298,7 +301,7 @@ def test_data_refused_resets() -> None:
 def test_message_refused_keeps_connection_usable() -> None:
     wire = connected()
     d = wire.conn.send(Envelope("a@x.org", ["b@x.org"]), b"m")
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n552 5.3.4 too big\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"552 5.3.4 too big\r\n")
     err = failure(d)
     assert isinstance(err, MessageError) and err.enhanced_status == "5.3.4"
     wire.client()
@@ -322,11 +325,11 @@ def test_421_mid_transaction_closes() -> None:
 def test_lmtp_one_reply_per_recipient() -> None:
     wire = Wire(lmtp=True)
     d = wire.conn.connect()
-    wire.server(b"220 lmtp\r\n250 lmtp.example\r\n")
+    wire.server(b"220 lmtp\r\n", b"250 lmtp.example\r\n")
     result(d)
     wire.client()
     d = wire.conn.send(Envelope("a@x.org", ["r1@x.org", "r2@x.org", "r3@x.org"]), b"m")
-    wire.server(b"250 ok\r\n250 ok\r\n550 no\r\n250 ok\r\n354 go\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"550 no\r\n", b"250 ok\r\n", b"354 go\r\n")
     wire.server(b"250 2.1.5 r1 delivered\r\n")
     assert pending(d)
     wire.server(b"552 5.2.2 r3 mailbox full\r\n")
@@ -340,10 +343,10 @@ def test_lmtp_one_reply_per_recipient() -> None:
 def test_lmtp_everyone_rejected_after_data_still_succeeds() -> None:
     wire = Wire(lmtp=True)
     d = wire.conn.connect()
-    wire.server(b"220 lmtp\r\n250 lmtp.example\r\n")
+    wire.server(b"220 lmtp\r\n", b"250 lmtp.example\r\n")
     result(d)
     d = wire.conn.send(Envelope("a@x.org", ["r1@x.org"]), b"m")
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n552 full\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"552 full\r\n")
     info = result(d)
     assert info.accepted == [] and info.rejected == ["r1@x.org"]
 
@@ -354,12 +357,12 @@ def test_sends_are_queued_in_call_order() -> None:
     d2 = wire.conn.send(Envelope("a@x.org", ["two@x.org"]), b"2")
     d3 = wire.conn.reset()
     assert wire.client() == b"MAIL FROM:<a@x.org>\r\n"
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n")
     assert wire.client() == b"RCPT TO:<one@x.org>\r\nDATA\r\n1\r\n.\r\n"
     wire.server(b"250 one\r\n")
     assert result(d1).response == "250 one"
     assert wire.client() == b"MAIL FROM:<a@x.org>\r\n"
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n250 two\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 two\r\n")
     assert result(d2).response == "250 two"
     assert wire.client().endswith(b"RSET\r\n")
     wire.server(b"250 ok\r\n")
@@ -373,7 +376,7 @@ def test_stream_error_closes_and_reports_estream() -> None:
 
     wire = connected()
     d = wire.conn.send(Envelope("a@x.org", ["b@x.org"]), broken())
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n")
     err = failure(d)
     assert isinstance(err, StreamError) and err.code == "ESTREAM"
     assert "disk on fire" in str(err)
@@ -385,7 +388,7 @@ def test_stream_error_closes_and_reports_estream() -> None:
 def test_binary_file_message() -> None:
     wire = connected()
     d = wire.conn.send(Envelope("a@x.org", ["b@x.org"]), io.BytesIO(b"line1\n.\nline3"))
-    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n")
     assert wire.client().endswith(b"DATA\r\nline1\r\n..\r\nline3\r\n.\r\n")
     wire.server(b"250 ok\r\n")
     assert result(d).message_size == len(b"line1\r\n.\r\nline3\r\n")
@@ -543,7 +546,7 @@ def test_activity_restarts_the_inactivity_timer() -> None:
     wire.reactor.advance(8)
     wire.server(b"250 ok\r\n")
     wire.reactor.advance(8)
-    wire.server(b"250 ok\r\n354 go\r\n")
+    wire.server(b"250 ok\r\n", b"354 go\r\n")
     wire.reactor.advance(8)
     wire.server(b"250 ok\r\n")
     assert result(d).accepted == ["b@x.org"]
@@ -594,7 +597,10 @@ def test_send_queued_during_failed_connect_gets_its_error() -> None:
     ds = wire.conn.send(Envelope("a@x.org", ["b@x.org"]), b"m")
     wire.server(b"554 go away\r\n")
     assert failure(dc).code == "EPROTOCOL"
-    assert failure(ds).code == "EPROTOCOL"
+    # Its own error, not the connect's: transient, since it never ran.
+    queued = failure(ds)
+    assert isinstance(queued, ConnectionFailedError) and queued.is_transient
+    assert "EPROTOCOL" in str(queued) and queued.__cause__ is not None
 
 
 def test_quit() -> None:
@@ -669,8 +675,11 @@ def test_debug_transcript_logs_lines() -> None:
     wire = Wire(logger=Logger(observer=events.append), debug=True)
     wire.connect()
     text = [formatEvent(e) for e in events]
-    assert "C: EHLO client.example" in text
-    assert "S: 220 server.example ESMTP ready" in text
+    # Each line names its connection ("#7 localhost:25 C: ...").
+    label = wire.conn._label  # type: ignore[attr-defined]
+    assert label.startswith("#") and label.endswith(" localhost:25")
+    assert f"{label} C: EHLO client.example" in text
+    assert f"{label} S: 220 server.example ESMTP ready" in text
 
 
 def test_without_debug_no_transcript() -> None:
@@ -678,5 +687,5 @@ def test_without_debug_no_transcript() -> None:
     wire = Wire(logger=Logger(observer=events.append))
     wire.connect()
     text = [formatEvent(e) for e in events]
-    assert not any(t.startswith(("C:", "S:")) for t in text)
+    assert not any(" C: " in t or " S: " in t for t in text)
     assert any("connected to" in t for t in text)

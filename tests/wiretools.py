@@ -6,6 +6,7 @@ sockets and no waiting.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -64,9 +65,11 @@ class Wire:
     def transport(self) -> ClosingTransport:
         return self.endpoint.transport
 
-    def server(self, data: bytes) -> None:
-        """Bytes from the server."""
-        self.endpoint.protocol.dataReceived(data)
+    def server(self, *reads: bytes) -> None:
+        """Bytes from the server, one read each (replies to separate commands
+        must come in separate reads unless the client pipelined them)."""
+        for data in reads:
+            self.endpoint.protocol.dataReceived(data)
 
     def client(self) -> bytes:
         """Bytes the client wrote since the last call."""
@@ -253,3 +256,14 @@ class RefusingEndpoint:
 
         self.attempts += 1
         return fail(ConnectionRefusedError("refused"))
+
+
+_LABEL = re.compile(r"^#\d+ \S+ (?=[CS]: )")
+
+
+def transcript_text(text: str) -> str:
+    """
+    A formatted log event with the connection's label taken off a
+    transcript line (``"#7 localhost:25 C: EHLO x"`` -> ``"C: EHLO x"``).
+    """
+    return _LABEL.sub("", text)

@@ -1,8 +1,39 @@
 """
 twisted_smtpconn: an SMTP and LMTP client for Twisted.
 
-Everything public is re-exported here; every other module is private.  See
-the documentation for the connection guide and API.md for the contract.
+Everything public is re-exported here; every other module is private.  The
+documentation has the connection guide; this docstring is the map for a
+reader of the code.
+
+The modules form layers, listed bottom to top; each imports only from the
+layers below it (``tests/test_layers.py`` fails on an import circle), and a
+message travels down the list once: :meth:`SMTPConnection.send` →
+``_queue`` (its turn) → ``_delivery`` (DATA or BDAT) → ``_data``/``_bdat``
+over ``_transaction`` → ``_source``/``_dotstuff``/``_producer`` →
+``_protocol`` → back up as a :class:`SendInfo`, or as the one error that
+``SMTPConnectionError.from_reply`` built from the server's reply.
+
+========  ===================================================================
+layer     modules
+========  ===================================================================
+values    ``_errors`` (the error model, and the one constructor from a
+          reply), ``_envelope``, ``_xtext``, ``_sendinfo``,
+          ``_tls_settings``, ``_options``
+codecs    ``_reply`` (replies; control characters escaped), ``_ehlo``,
+          ``_commands``, ``_dotstuff``, ``_sasl_*`` (the SASL mechanisms as
+          pure state machines), ``_tls_errors``
+wire      ``_logging`` (where events go; the transcript), ``_protocol`` (reply
+          pairing, 421, every time limit, the injection check),
+          ``_factory`` (endpoints; the connect timeout), ``_source`` and
+          ``_producer`` (message sources, back-pressure), ``_tls_creator``
+dialogue  ``_tls`` (TLS policy), ``_session`` (greeting, hello, STARTTLS,
+          RSET), ``_sasl_exchange`` and ``_auth`` (AUTH), ``_transaction``
+          (what DATA and BDAT share), ``_data``, ``_bdat``, ``_delivery``
+façade    ``_lifecycle``, ``_events``, ``_queue`` (turn-taking and the
+          hand-over rule), ``_connection``
+above     ``_pool``, ``_oauth2``, ``_cli`` (``smtpsend``), ``_sink``
+          (``smtpsink``)
+========  ===================================================================
 """
 
 from ._auth import Auth

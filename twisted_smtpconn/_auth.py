@@ -48,7 +48,7 @@ from ._sasl_ntlm import NTLMMechanism
 from ._sasl_oauth import OAuthBearerMechanism, XOAuth2Mechanism
 from ._sasl_plain import LoginMechanism, PlainMechanism
 from ._sasl_scram import SCRAM_MECHANISMS, ScramMechanism, peer_certificate_der, tls_server_end_point
-from ._session import ServerInfo
+from ._ehlo import ServerInfo
 
 __all__ = [
     "Auth",
@@ -329,19 +329,12 @@ def _refused(
     outcome: Outcome, name: str, user: str, mechanism: SASLMechanism, after_renewal: bool = False
 ) -> AuthenticationError:
     """The ``EAUTH`` error for a refusal, with the server's reply and error challenge."""
-    reply = outcome.reply
     message = f"the server refused {name} authentication for {user}"
     if after_renewal:
         message += " (also with a renewed token)"
     if mechanism.server_error:
         message += f" (server's error: {mechanism.server_error})"
-    return AuthenticationError(
-        message,
-        response=str(reply),
-        response_code=reply.code,
-        command=outcome.command,
-        enhanced_status=reply.enhanced_status,
-    )
+    return AuthenticationError.from_reply(message, outcome.reply, outcome.command)
 
 
 async def _get_token(provider: Any, renew: bool, secrets: Sequence[str]) -> str:

@@ -35,8 +35,7 @@ discards them.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -49,13 +48,16 @@ from ._producer import BodyProducer, encoded
 from ._protocol import SMTPClientProtocol
 from ._reply import Reply
 from ._sendinfo import SendInfo
-from ._session import closing_error
+from ._session import reset_session
 from ._source import iterate_message
-
-# A module, not names: _transaction imports this module to hand CHUNKING
-# transactions over, and this one uses its helpers; either may be imported
-# first, and the helpers are looked up only when a transaction runs.
-from . import _transaction
+from ._transaction import (
+    Commands,
+    Recipients,
+    delivery_unknown,
+    final_reply_error,
+    fold_lmtp_replies,
+    sort_envelope,
+)
 
 __all__ = ["use_chunking", "bdat_transaction", "MAX_CHUNK", "WINDOW"]
 
@@ -156,11 +158,7 @@ class _Exchange:
         return _Pending(line, waiter)
 
     def _note_reply(self, reply: Reply, line: bytes, chunk: bool) -> Reply:
-        if reply.code == 421:
-            # The server is closing: the replies still owed will never
-            # come, so end the connection now rather than wait for them.
-            self.protocol.abort(closing_error(reply, line.decode("utf-8", "replace")))
-        elif chunk and not reply.is_positive:
+        if chunk and not reply.is_positive:
             self._chunk_refused = True
         return reply
 
@@ -229,13 +227,14 @@ async def _wire(
             line = b"BDAT %d LAST" % len(payload)
             # Registered before the write, so that no reply can ever find
             # nobody waiting for it.
-            exchange.final = [exchange.expect(line, protocol.expect_reply()) for _ in range(finals)]
+            text = line.decode("ascii")
+            exchange.final = [exchange.expect(line, protocol.expect_reply(text)) for _ in range(finals)]
             exchange.last_sent = True
         else:
             line = b"BDAT %d" % len(payload)
-            exchange.chunks.append(exchange.expect(line, protocol.expect_reply(), chunk=True))
+            exchange.chunks.append(exchange.expect(line, protocol.expect_reply(line.decode("ascii")), chunk=True))
             unanswered += 1
-        protocol.write_lines([line], [None])
+        protocol.write_command_line(line)
         yield payload
         while unanswered >= window:
             await exchange.chunks[len(exchange.chunks) - unanswered].settled
@@ -265,18 +264,17 @@ async def _counted(pieces: AsyncIterator[bytes], sizes: list[int]) -> AsyncItera
         yield piece
 
 
-async def _open_envelope(
-    exchange: _Exchange, mail: bytes, rcpt_lines: list[bytes], *, pipelining: bool, wait: bool
-) -> None:
+async def _open_envelope(exchange: _Exchange, commands: Commands, *, pipelining: bool, wait: bool) -> None:
     """
     MAIL and RCPT: in one write with PIPELINING (waiting for the replies
     only when ``wait``), else one round trip each, stopping at a refused
     MAIL or a closed connection.
     """
     protocol = exchange.protocol
+    mail, rcpt_lines = commands.mail, [line for _, line in commands.rcpts]
     if pipelining:
         lines = [mail, *rcpt_lines]
-        waiters = protocol.send_commands(lines)
+        waiters = protocol.send_pipelined(lines)
         pendings = [exchange.expect(line, waiter) for line, waiter in zip(lines, waiters)]
         exchange.mail, exchange.rcpts = pendings[0], pendings[1:]
         if wait:
@@ -290,44 +288,46 @@ async def _open_envelope(
         pending = exchange.expect(line, protocol.send_command(line))
         exchange.rcpts.append(pending)
         await pending.settled
-        if pending.reply is None or pending.reply.code == 421:
+        if pending.reply is None:
             return
 
 
 async def bdat_transaction(
     protocol: SMTPClientProtocol,
     clock: IReactorTime,
-    mail: bytes,
-    rcpts: list[tuple[str, bytes]],
+    commands: Commands,
     message: object,
     *,
     pipelining: bool,
     lmtp: bool,
     binary: bool,
+    on_start: Callable[[], None] | None = None,
 ) -> SendInfo:
     """
     Send one message with MAIL, RCPT and BDAT chunks.
 
-    :param mail: the rendered ``MAIL FROM`` line (with ``BODY=BINARYMIME``
-        when ``binary``).
-    :param rcpts: each recipient with its rendered ``RCPT TO`` line.
+    :param commands: the rendered ``MAIL FROM`` (with ``BODY=BINARYMIME``
+        when ``binary``) and ``RCPT TO`` lines.
     :param binary: send the caller's bytes unmodified; otherwise line ends
         are normalised to CRLF (never dot-stuffed).
+    :param on_start: called just before MAIL is written.
     :raises EnvelopeError: sender refused, or every recipient refused (the
         session is reset and stays usable).
     :raises MessageError: a chunk or the message refused (the session is
         reset and stays usable).
     :raises StreamError: reading ``message`` failed; nothing is delivered
         (``LAST`` was not sent) and the session is reset and stays usable.
-    :raises SMTPConnectionError: a 421, or a failure of the connection; when
-        it failed after ``LAST`` was sent and before the final reply, the
-        error is marked ``delivery_unknown``.
+    :raises SMTPConnectionError: a failure of the connection (a 421
+        included); when it failed after ``LAST`` was sent and before the
+        final reply, the error is marked ``delivery_unknown``.
     """
     started = clock.seconds()
     exchange = _Exchange(protocol)
+    if on_start is not None:
+        on_start()
     # LMTP answers LAST once per accepted recipient, so that number must be
     # known before LAST is sent: wait for the envelope's replies first.
-    await _open_envelope(exchange, mail, [line for _, line in rcpts], pipelining=pipelining, wait=lmtp)
+    await _open_envelope(exchange, commands, pipelining=pipelining, wait=lmtp)
     # The envelope's time ends with its last reply, which with PIPELINING
     # may come while the chunks are being sent.
     answered: list[float] = []
@@ -349,7 +349,7 @@ async def bdat_transaction(
     stream_error: StreamError | None = None
     try:
         if not exchange.doomed():
-            await BodyProducer(protocol.consumer()).write_all(wire)
+            await BodyProducer(protocol).write_all(wire)
     except StreamError as error:
         stream_error = error
     except SMTPConnectionError:
@@ -363,27 +363,28 @@ async def bdat_transaction(
 
     # Every reply is read, even after a failure, so that none is left to
     # pair with a later command.
-    pendings = exchange.pendings
-    await _settle(pendings)
+    await _settle(exchange.pendings)
     finished = clock.seconds()
     envelope_time = (answered[0] if answered else finished) - started
     message_time = finished - started - envelope_time
 
     _raise_for_connection(exchange)
-    accepted, rejected, rejected_errors = await _raise_for_refusal(exchange, mail, rcpts, stream_error)
+    outcome = await _raise_for_refusal(exchange, commands, stream_error)
     final_replies = [pending.reply for pending in exchange.final if pending.reply is not None]
     last_line = exchange.final[0].line
     if lmtp:
-        _transaction.fold_lmtp_replies(final_replies, last_line, accepted, rejected, rejected_errors)
-    elif not final_replies[0].is_positive:
-        await _transaction.reset_session(protocol)
-        final = final_replies[0]
-        raise _transaction._reply_error(MessageError, "the server refused the message", final, last_line)
+        fold_lmtp_replies(final_replies, last_line, outcome)
+    else:
+        refused = final_reply_error(final_replies[0], last_line)
+        if refused is not None:
+            if not refused.closes_connection:
+                await reset_session(protocol)
+            raise refused
 
     return SendInfo(
-        accepted=accepted,
-        rejected=rejected,
-        rejected_errors=rejected_errors,
+        accepted=outcome.accepted,
+        rejected=outcome.rejected,
+        rejected_errors=outcome.errors,
         response=str(final_replies[-1]),
         envelope_time=envelope_time,
         message_time=message_time,
@@ -392,30 +393,22 @@ async def bdat_transaction(
 
 
 def _raise_for_connection(exchange: _Exchange) -> None:
-    """
-    Raise when the conversation broke off: a 421 (the server is closing),
-    or a command whose reply never came because the connection failed.
-    """
+    """Raise when the conversation broke off: a command whose reply never came."""
     for pending in exchange.pendings:
-        if pending.reply is not None and pending.reply.code == 421:
-            raise closing_error(pending.reply, pending.line.decode("utf-8", "replace"))
         if pending.error is not None:
             error = exchange.protocol.failure or pending.error
             if not isinstance(error, SMTPConnectionError):
                 raise error
-            if pending in exchange.final:
+            answered = any(final.reply is not None for final in exchange.final)
+            if pending in exchange.final and (error.response_code != 421 or answered):
                 # LAST went out: the server may have the message although
-                # we never heard back.  The error object may be the
-                # connection's shared failure: mark a copy.
-                unknown = copy.copy(error)
-                unknown.delivery_unknown = True
-                raise unknown from error
+                # we never heard back (or, with LMTP, a 421 came after other
+                # recipients' replies).
+                raise delivery_unknown(error) from error
             raise error
 
 
-async def _raise_for_refusal(
-    exchange: _Exchange, mail: bytes, rcpts: list[tuple[str, bytes]], stream_error: StreamError | None
-) -> tuple[list[str], list[str], list[SMTPConnectionError]]:
+async def _raise_for_refusal(exchange: _Exchange, commands: Commands, stream_error: StreamError | None) -> Recipients:
     """
     Every command sent was answered: raise, after RSET, when the sender,
     every recipient or a chunk was refused, or reading the message failed.
@@ -425,28 +418,25 @@ async def _raise_for_refusal(
     """
     protocol = exchange.protocol
     assert exchange.mail is not None and exchange.mail.reply is not None
-    if exchange.mail.refused:
-        await _transaction.reset_session(protocol)
-        refused = exchange.mail.reply
-        raise _transaction._reply_error(EnvelopeError, "the server refused the sender", refused, mail)
-    accepted, rejected, errors = _transaction._sort_recipients(
-        rcpts, [pending.reply for pending in exchange.rcpts if pending.reply is not None]
-    )
-    if not accepted:
-        await _transaction.reset_session(protocol)
-        raise _transaction._all_rejected(errors)
+    replies = [exchange.mail.reply, *(pending.reply for pending in exchange.rcpts if pending.reply is not None)]
+    outcome = sort_envelope(commands, replies)
+    if outcome.refusal is not None:
+        await reset_session(protocol)
+        raise outcome.refusal
     if stream_error is not None:
-        await _transaction.reset_session(protocol)
+        await reset_session(protocol)
         raise stream_error
     for pending in exchange.chunks:
         if pending.refused:
-            assert pending.reply is not None
-            await _transaction.reset_session(protocol)
-            summary = "the server refused a BDAT chunk"
-            raise _transaction._reply_error(MessageError, summary, pending.reply, pending.line)
+            reply, text = pending.reply, pending.line.decode("ascii")
+            assert reply is not None
+            if not (reply.is_transient or reply.is_permanent):
+                raise ProtocolError.from_reply("the server's reply to a BDAT chunk does not fit", reply, text)
+            await reset_session(protocol)
+            raise MessageError.from_reply("the server refused a BDAT chunk", reply, text)
     if not exchange.last_sent:
         # Nothing was refused and the source did not fail, yet LAST was
         # not sent: the connection failed between two chunks.
         failure = protocol.failure
         raise failure if failure is not None else ProtocolError("the message was not sent completely")
-    return accepted, rejected, errors
+    return outcome

@@ -1,76 +1,52 @@
+# -*- test-case-name: tests.test_wire, tests.test_interop, tests.test_reliability, tests.test_lifecycle_model -*-
 """
 :class:`SMTPConnection`: the public façade over one SMTP/LMTP connection.
 
-It owns the lifecycle (:mod:`._lifecycle`), serialises operations in call
-order (a ``send`` issued while another runs waits its turn), turns failures
-of the connection into the ``"error"``/``"end"`` events, and delegates the
-dialogue itself to linear ``async def`` functions (:mod:`._session`,
-:mod:`._transaction`, :mod:`._tls`, :mod:`._auth`).
+It holds the lifecycle (:mod:`._lifecycle`), runs operations through the
+operation queue (:mod:`._queue`) and turns the end of the connection into the
+``"error"`` and ``"end"`` events; the dialogue itself is in the layers below
+(:mod:`._session` opens, :mod:`._delivery` sends, :mod:`._auth` logs in).
+
+Two rules keep the state honest:
+
+- An operation that ends with an error which closes the connection fails
+  only once the transport is gone, so whoever sees the error sees the state
+  ``CLOSED`` too (and the ``"end"`` event already fired).
+- An operation that was waiting its turn behind a failure does not reuse
+  that failure: it fails with an error of its own, ``ECONNECTION``,
+  transient (it was never attempted, so trying it again elsewhere is safe).
 """
 
 from __future__ import annotations
 
 import socket
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ._auth import Auth, authenticate, coerce_auth
+from ._delivery import run_transaction
+from ._ehlo import ServerInfo
 from ._envelope import Envelope, coerce_envelope
-from ._errors import (
-    ProtocolError,
-    SMTPConnectionError,
-)
+from ._errors import ConnectionFailedError, ProtocolError, SMTPConnectionError
 from ._events import EventEmitter
 from ._factory import SMTPClientFactory, open_protocol
 from ._lifecycle import Lifecycle, State
-from ._logging import WireLog, make_logger
-from ._options import ConnectionOptions, validate_options
+from ._logging import WireLog, connection_label, make_logger
+from ._options import ConnectionOptions, default_reactor, validate_options
 from ._protocol import SMTPClientProtocol
+from ._queue import OperationQueue, Ticket
 from ._sendinfo import SendInfo
-from ._session import ServerInfo, default_client_name, read_greeting, say_hello
+from ._session import open_session, reset_session
 from ._source import check_message
 from ._tls import TLSPolicy
-from ._transaction import reset_session, run_transaction
 
 __all__ = ["SMTPConnection"]
 
 _T = TypeVar("_T")
-
-class _Turn:
-    """
-    One operation's hold on the queue.  Released exactly once: when the
-    operation ends, or earlier when a send hands the wire over to the next
-    queued send (see :meth:`SMTPConnection._hand_over`).
-    """
-
-    __slots__ = ("_queue", "released", "dot_written")
-
-    def __init__(self, queue: DeferredLock) -> None:
-        self._queue = queue
-        self.released = False
-        #: The send holding this turn has written its final dot and waits
-        #: only for the server's final reply.
-        self.dot_written = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self._queue.release()
-
-
-class _Waiter:
-    """An operation waiting for its turn (compared by identity)."""
-
-    __slots__ = ("action",)
-
-    def __init__(self, action: str) -> None:
-        self.action = action
-
 
 #: How long quit() waits for the transport to go after QUIT was answered
 #: before dropping it (a TLS peer that never sends close_notify).
@@ -81,15 +57,14 @@ class SMTPConnection:
     """
     A client connection to one SMTP or LMTP server.
 
-    Create it with the options of API.md, then ``await conn.connect()``;
-    ``login``, ``send`` and ``reset`` may follow in any number, and ``quit``
-    ends the session.  Every method that waits returns a
+    Create it with its options, then ``await conn.connect()``; ``login``,
+    ``send`` and ``reset`` may follow in any number, and ``quit`` ends the
+    session.  Every method that waits returns a
     :class:`~twisted.internet.defer.Deferred`.
 
     :ivar secure: whether the transport is TLS now.
-    :ivar extensions: upper-cased EHLO keyword -> its parameter string.
-    :ivar auth_methods: the SASL mechanisms the server offered.
     :ivar greeting: the server's 220 greeting text.
+    :ivar authenticated: whether ``login()`` succeeded on this connection.
     """
 
     def __init__(
@@ -138,34 +113,32 @@ class SMTPConnection:
             lmtp=lmtp,
             prefer_data=prefer_data,
         )
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
+        reactor = default_reactor(reactor)
         self._reactor = reactor
         self._clock: IReactorTime = reactor
         self._log = make_logger(logger)
-        self._wire_log = WireLog(self._log, self._options.debug)
+        # logger=False: not even the event dict of each message is built.
+        self._log_messages = logger is not False
+        self._label = connection_label(self._options.host, self._options.port)
+        self._wire_log = WireLog(self._log, self._options.debug, self._label)
         self._events = EventEmitter(self._log)
         self._lifecycle = Lifecycle()
-        self._queue = DeferredLock()
-        # The operations waiting for the queue, in the order the lock will
-        # serve them, and the turn of the one running.
-        self._waiting: deque[_Waiter] = deque()
-        self._turn = _Turn(self._queue)
-        self._busy = 0
+        self._queue = OperationQueue()
         self._protocol: SMTPClientProtocol | None = None
+        self._connecting: Deferred[SMTPClientProtocol] | None = None
         self._server = ServerInfo()
         self._tls = TLSPolicy(self._options, self._log)
         self._closed_waiters: list[Deferred[None]] = []
+        #: What ended the connection: a failure, or close() (``_closed_by``).
         self._error: SMTPConnectionError | None = None
+        self._closed_by: SMTPConnectionError | None = None
         self.secure = False
         self.greeting = ""
         self.authenticated = False
 
     def __repr__(self) -> str:
         return (
-            f"<SMTPConnection {self._options.host}:{self._options.port} "
+            f"<SMTPConnection {self._label} "
             f"{self._lifecycle.state.value}{' secure' if self.secure else ''}>"
         )
 
@@ -206,15 +179,15 @@ class SMTPConnection:
         except ProtocolError as error:
             return fail(error)
         self._lifecycle.move(State.CONNECTING)
-        return self._queued(self._connect, "connect", State.CONNECTING)
+        return self._run("connect", self._connect)
 
     def login(self, auth: Auth | Mapping[str, Any]) -> Deferred[None]:
-        """Authenticate with ``auth`` (an :class:`Auth` or the seed's mapping)."""
+        """Authenticate with ``auth`` (an :class:`Auth` or a mapping of its fields)."""
         try:
             credentials = coerce_auth(auth)
         except (TypeError, ValueError) as error:
             return fail(error)
-        return self._queued(lambda: self._login(credentials), "log in", State.READY)
+        return self._run("log in", lambda ticket: self._login(credentials))
 
     def send(self, envelope: Envelope | Mapping[str, Any], message: object) -> Deferred[SendInfo]:
         """
@@ -224,34 +197,45 @@ class SMTPConnection:
             accepted the message, or failing with an
             :class:`SMTPConnectionError`.
         """
-        try:
-            checked = coerce_envelope(envelope)
-            check_message(message)
-        except (SMTPConnectionError, TypeError, ValueError) as error:
-            return fail(error)
-        return self._queued(lambda: self._send(checked, message), "send", State.READY)
+        return self._send_reporting(envelope, message, None)
 
     def reset(self) -> Deferred[None]:
         """RSET: abandon any transaction the server may hold for us."""
-        return self._queued(self._reset, "reset", State.READY)
+        return self._run("reset", self._reset)
 
     def quit(self) -> Deferred[None]:
-        """Send QUIT, then close; fires once the transport is gone."""
-        if self._lifecycle.state in (State.CLOSING, State.CLOSED):
+        """
+        Send QUIT, then close; fires once the transport is gone.
+
+        Never fails because the connection failed: after a failed
+        ``connect()``, or on a connection already closed, it fires once the
+        connection is gone.
+        """
+        state = self._lifecycle.state
+        if state in (State.CLOSING, State.CLOSED):
             return self.when_closed()
-        if self._lifecycle.state is State.NEW:
+        if state is State.NEW:
             self._finish()
             return succeed(None)
-        return self._queued(self._quit, "quit", State.READY)
+        return self._run("quit", self._quit)
 
     def close(self) -> None:
-        """Drop the connection now, without QUIT."""
-        if self._lifecycle.state is State.CLOSED:
+        """Drop the connection now, without QUIT; an ongoing connect() fails."""
+        state = self._lifecycle.state
+        if state is State.CLOSED:
             return
-        if self._protocol is not None and self._protocol.is_open:
-            self._lifecycle.move(State.CLOSING)
-            self._protocol.expect_close()
-            self._protocol.abort(ProtocolError("the connection was closed by close()"))
+        error = ProtocolError("the connection was closed by close()")
+        if self._closed_by is None:
+            self._closed_by = error
+        self._lifecycle.move(State.CLOSING)
+        protocol = self._protocol
+        if protocol is not None and protocol.is_open:
+            protocol.expect_close()
+            protocol.abort(error)
+        elif self._connecting is not None:
+            # TCP (or the caller's endpoint) is not up yet: abandon it.
+            # connect() then fails, and "end" follows.
+            self._connecting.cancel()
         else:
             self._finish()
 
@@ -263,171 +247,114 @@ class SMTPConnection:
         self._closed_waiters.append(d)
         return d
 
-    # -- the queue -----------------------------------------------------------------
+    # -- for SMTPPool ----------------------------------------------------------------
 
-    def _queued(
-        self, operation: Callable[[], Awaitable[_T]], action: str, *allowed: State
-    ) -> Deferred[_T]:
+    def _send_reporting(
+        self, envelope: Envelope | Mapping[str, Any], message: object, on_start: Callable[[], None] | None
+    ) -> Deferred[SendInfo]:
+        """:meth:`send`, calling ``on_start`` just before MAIL is written."""
+        try:
+            checked = coerce_envelope(envelope)
+            check_message(message)
+        except (SMTPConnectionError, TypeError, ValueError) as error:
+            return fail(error)
+        return self._run("send", lambda ticket: self._send(ticket, checked, message, on_start))
+
+    def _accepts_overlap(self) -> bool:
+        """Whether a send given now would start alongside the running one."""
+        return (
+            self._lifecycle.state is State.READY
+            and "PIPELINING" in self._server.extensions
+            and self._queue.accepts_overlap()
+        )
+
+    # -- turns -----------------------------------------------------------------------
+
+    def _run(self, action: str, operation: Callable[[Ticket], Awaitable[_T]]) -> Deferred[_T]:
         """
         Run ``operation`` after every operation called before it.
 
-        The state is checked both now (so a call after close fails at once)
-        and when its turn comes (the connection may have failed meanwhile: then
-        the connection's own error is reported).
+        The state is checked now (so that a call after close fails at once)
+        and again when its turn comes (the connection may have ended
+        meanwhile).
         """
-        try:
-            self._lifecycle.require(action, *allowed, State.CONNECTING)
-        except ProtocolError as error:
-            return fail(error)
-        return Deferred.fromCoroutine(self._run_in_turn(operation, action, allowed))
+        if action != "connect":
+            try:
+                self._lifecycle.require(action, State.READY, State.CONNECTING)
+            except ProtocolError as error:
+                return fail(error)
+        ticket = self._queue.enter(action)
+        return Deferred.fromCoroutine(self._in_turn(ticket, operation))
 
-    async def _run_in_turn(
-        self, operation: Callable[[], Awaitable[_T]], action: str, allowed: tuple[State, ...]
-    ) -> _T:
-        self._busy += 1
-        waiter = _Waiter(action)
-        self._waiting.append(waiter)
+    async def _in_turn(self, ticket: Ticket, operation: Callable[[Ticket], Awaitable[_T]]) -> _T:
         try:
+            if ticket.go is not None:
+                await ticket.go
+            action = ticket.action
+            if action not in ("connect", "quit") and self._lifecycle.state is not State.READY:
+                raise self._missed_turn(action)
             try:
-                acquired = self._queue.acquire()
-                running = self._turn
-                if action == "send" and running.dot_written and self._waiting[0] is waiter:
-                    # The running send only awaits its final reply: go now
-                    # (see _hand_over), even though we came after its dot.
-                    running.release()
-                await acquired
-            finally:
-                self._waiting.remove(waiter)
-            turn = self._turn = _Turn(self._queue)
-            try:
-                if self._lifecycle.state not in allowed and self._error is not None:
-                    raise self._error
-                self._lifecycle.require(action, *allowed)
-                try:
-                    return await operation()
-                except CancelledError:
-                    self._fail(ProtocolError(f"{action} was cancelled; the connection is closed"))
-                    raise
-                except SMTPConnectionError as error:
-                    if error.closes_connection:
-                        self._fail(error)
-                    raise
-            finally:
-                turn.release()
+                return await operation(ticket)
+            except CancelledError:
+                await self._fail(ProtocolError(f"{action} was cancelled; the connection is closed"))
+                raise
+            except SMTPConnectionError as error:
+                if error.closes_connection:
+                    await self._fail(error)
+                raise
         finally:
-            self._busy -= 1
+            self._queue.leave(ticket)
+
+    def _missed_turn(self, action: str) -> SMTPConnectionError:
+        """The error of an operation whose turn came after the connection ended."""
+        if self._error is None:
+            return ProtocolError(f"cannot {action}: the connection is closed")
+        error = ConnectionFailedError(
+            f"cannot {action}: the connection ended before its turn ({self._error.code}: {self._error.message})"
+        )
+        error.__cause__ = self._error
+        return error
 
     # -- the steps ---------------------------------------------------------------
 
-    def _require_protocol(self) -> SMTPClientProtocol:
-        if self._protocol is None:
-            raise ProtocolError("not connected")
-        return self._protocol
-
-    async def _connect(self) -> SMTPConnection:
+    async def _open_transport(self) -> SMTPClientProtocol:
+        factory = SMTPClientFactory(clock=self._clock, options=self._options, wire_log=self._wire_log)
+        self._connecting = open_protocol(self._reactor, self._options, factory)
         try:
-            protocol = await self._open_session()
-        except SMTPConnectionError as error:
-            if not self._tls.may_retry_in_cleartext(error):
-                raise
-            # opportunistic_tls: the handshake failed and took the
-            # connection with it; open a new one and stay in cleartext.
-            self._abandon_protocol(error)
-            self._tls.retry_in_cleartext(error)
-            protocol = await self._open_session()
-        self.secure = self._tls.is_secure(protocol)
+            protocol = await self._connecting
+        except SMTPConnectionError:
+            if self._closed_by is not None:
+                raise self._closed_by from None
+            raise
+        finally:
+            self._connecting = None
+        self._protocol = protocol
+        protocol.on_idle_failure = self._idle_failure
+        protocol.on_lost = self._finish
+        return protocol
+
+    async def _connect(self, ticket: Ticket) -> SMTPConnection:
+        session = await open_session(self._open_transport, self._options, self._tls, self._reactor)
+        if self._lifecycle.state is not State.CONNECTING:
+            # close() came as the last reply arrived: no "connect" after "end".
+            raise self._closed_by or ProtocolError("the connection was closed while connecting")
+        self._server = session.server
+        self.greeting = session.greeting
+        self.secure = session.secure
         self._lifecycle.move(State.READY)
         self._log.info(
-            "connected to {host}:{port} (secure: {secure}, extensions: {extensions})",
-            host=self._options.host,
-            port=self._options.port,
+            "connected to {connection} (secure: {secure}, extensions: {extensions})",
+            connection=self._label,
             secure=self.secure,
-            extensions=sorted(self._server.extensions),
+            extensions=" ".join(sorted(self._server.extensions)),
         )
         self._events.emit("connect")
         return self
 
-    async def _open_session(self) -> SMTPClientProtocol:
-        """
-        Open a transport and run the session's opening: implicit TLS,
-        greeting, hello, STARTTLS and the hello again.
-
-        ``secure`` and the server's hello info are reset first, so that a
-        second session (the cleartext retry) never inherits the first's.
-        """
-        self.secure = False
-        self._server = ServerInfo()
-        factory = SMTPClientFactory(clock=self._clock, options=self._options, wire_log=self._wire_log)
-        try:
-            protocol = await open_protocol(
-                self._reactor, self._options, factory, wrap_endpoint=self._tls.implicit_wrapper()
-            )
-        except SMTPConnectionError as error:
-            self._error = error
-            self._finish()
-            raise
-        self._attach(protocol)
-        await self._start_implicit_tls(protocol)
-        self.secure = self._tls.is_secure(protocol)
-        try:
-            greeting = await read_greeting(protocol)
-        except SMTPConnectionError as error:
-            raise self._tls.after_handshake(protocol, error) from None
-        self.greeting = greeting.text
-        name = self._options.name or await default_client_name(self._reactor, protocol)
-        self._server = await say_hello(protocol, name, lmtp=self._options.lmtp)
-        upgraded = await self._tls.negotiate(
-            protocol, self._server, lambda: say_hello(protocol, name, lmtp=self._options.lmtp)
-        )
-        if upgraded is not None:
-            # Replaced, never merged: nothing said in cleartext survives TLS.
-            self._server = upgraded
-        self.secure = self._tls.is_secure(protocol)
-        return protocol
-
-    async def _start_implicit_tls(self, protocol: SMTPClientProtocol) -> None:
-        """
-        ``secure=True``: the handshake, within ``connection_timeout`` (API.md:
-        the connection timeout covers TCP and implicit TLS).
-        """
-        if not self._options.secure:
-            return
-        from twisted.internet.defer import TimeoutError as DeferredTimeout
-
-        from ._errors import SMTPTimeoutError
-
-        handshake = Deferred.fromCoroutine(self._tls.start_implicit(protocol))
-        handshake.addTimeout(self._options.connection_timeout, self._clock)
-        try:
-            await handshake
-        except DeferredTimeout:
-            error = SMTPTimeoutError(
-                f"the TLS handshake with {self._options.host}:{self._options.port} did not complete "
-                f"within {self._options.connection_timeout:g} s"
-            )
-            protocol.abort(error)
-            raise error from None
-        finally:
-            if protocol.failure is not None:
-                # The greeting will never come; it is awaited since
-                # connectionMade, so consume its failure here.
-                protocol.wait_greeting().addErrback(lambda _: None)
-
-    def _abandon_protocol(self, error: SMTPConnectionError) -> None:
-        """Let go of a failed transport without ending the connection's life."""
-        old = self._protocol
-        if old is None:
-            return
-        old.on_lost = None
-        old.on_idle_failure = None
-        if old.is_open:
-            old.expect_close()
-            old.abort(error)
-
     async def _login(self, auth: Auth) -> None:
-        protocol = self._require_protocol()
+        assert self._protocol is not None
         await authenticate(
-            protocol,
+            self._protocol,
             auth,
             server=self._server,
             options=self._options,
@@ -436,47 +363,45 @@ class SMTPConnection:
             log=self._log,
         )
         self.authenticated = True
-        self._log.info("authenticated as {user}", user=auth.display_user)
+        self._log.info("{connection} authenticated as {user}", connection=self._label, user=auth.display_user)
 
-    async def _send(self, envelope: Envelope, message: object) -> SendInfo:
-        protocol = self._require_protocol()
-        turn = self._turn
+    async def _send(
+        self, ticket: Ticket, envelope: Envelope, message: object, on_start: Callable[[], None] | None
+    ) -> SendInfo:
+        assert self._protocol is not None
         info = await run_transaction(
-            protocol,
+            self._protocol,
             self._clock,
-            self._server.extensions,
+            self._server,
             envelope,
             message,
             lmtp=self._options.lmtp,
             prefer_data=self._options.prefer_data,
-            on_message_sent=lambda: self._hand_over(turn),
+            on_start=on_start,
+            on_written=lambda: self._queue.dot_written(ticket),
         )
-        self._log.info(
-            "message of {size} bytes accepted for {accepted} (rejected: {rejected}): {response}",
-            size=info.message_size,
-            accepted=info.accepted,
-            rejected=info.rejected,
-            response=info.response,
-        )
+        if self._log_messages:
+            self._log.info(
+                "{connection} message of {size} bytes accepted for {accepted} (rejected: {rejected}): {response}",
+                connection=self._label,
+                size=info.message_size,
+                accepted=info.accepted,
+                rejected=info.rejected,
+                response=info.response,
+            )
         return info
 
-    def _hand_over(self, turn: _Turn) -> None:
-        """
-        A send's final dot is written and only the server's final reply is
-        awaited (with PIPELINING): if the next queued operation is a send,
-        let it start now, so its MAIL, RCPT and DATA follow the dot without
-        a round trip (RFC 2920).  Only a send: run_transaction explains why
-        that is safe, and nothing else (QUIT, RSET, AUTH) gains from it.
-        """
-        turn.dot_written = True
-        if self._waiting and self._waiting[0].action == "send":
-            turn.release()
+    async def _reset(self, ticket: Ticket) -> None:
+        assert self._protocol is not None
+        await reset_session(self._protocol)
 
-    async def _reset(self) -> None:
-        await reset_session(self._require_protocol())
-
-    async def _quit(self) -> None:
-        protocol = self._require_protocol()
+    async def _quit(self, ticket: Ticket) -> None:
+        protocol = self._protocol
+        if self._lifecycle.state is not State.READY or protocol is None:
+            # connect() failed, or the connection ended while QUIT waited
+            # its turn: nothing to say, only the end to wait for.
+            await self.when_closed()
+            return
         self._lifecycle.move(State.CLOSING)
         protocol.expect_close()
         lost = protocol.when_lost()
@@ -495,35 +420,35 @@ class SMTPConnection:
 
     # -- the end -------------------------------------------------------------------
 
-    def _attach(self, protocol: SMTPClientProtocol) -> None:
-        self._protocol = protocol
-        protocol.on_idle_failure = self._idle_failure
-        protocol.on_lost = self._finish
-
     def _idle_failure(self, error: SMTPConnectionError) -> None:
-        self._error = error
-        if self._busy == 0:
-            self._log.error("connection failed: {error}", error=str(error))
-            self._events.emit("error", error)
-
-    def _fail(self, error: SMTPConnectionError) -> None:
-        """An operation failed in a way that ends the connection."""
         if self._error is None:
             self._error = error
-        if self._protocol is not None and self._protocol.is_open:
-            self._protocol.abort(error)
+        if not self._queue.busy:
+            self._log.error("{connection} connection failed: {error}", connection=self._label, error=str(error))
+            self._events.emit("error", error)
+
+    async def _fail(self, error: SMTPConnectionError) -> None:
+        """An operation failed in a way that ends the connection: end it, and wait for the end."""
+        if self._error is None and self._closed_by is None:
+            self._error = error
+        protocol = self._protocol
+        if protocol is not None and protocol.is_open:
+            lost = protocol.when_lost()
+            protocol.abort(error)
+            await lost
         else:
             self._finish()
 
     def _finish(self) -> None:
         """The transport is gone (or never came): fire "end" once."""
-        if self._protocol is not None and self._error is None and self._protocol.failure is not None:
+        protocol = self._protocol
+        if protocol is not None and protocol.failure is not None and self._error is None and self._closed_by is None:
             if self._lifecycle.state is not State.CLOSING:
-                self._error = self._protocol.failure
+                self._error = protocol.failure
         if not self._lifecycle.move(State.CLOSED):
             return
         self.secure = False
-        self._log.info("connection to {host}:{port} closed", host=self._options.host, port=self._options.port)
+        self._log.info("{connection} closed", connection=self._label)
         self._events.emit("end")
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:

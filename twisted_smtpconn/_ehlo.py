@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ._reply import Reply
 
-__all__ = ["parse_ehlo", "auth_mechanisms", "size_limit"]
+__all__ = ["ServerInfo", "parse_ehlo", "server_info", "auth_mechanisms", "size_limit"]
 
 #: RFC 5321 ehlo-keyword.
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
@@ -126,3 +127,27 @@ def size_limit(extensions: Mapping[str, str]) -> int | None:
         return None
     limit = int(words[0])
     return limit if limit > 0 else None
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """
+    What the server told us in its hello reply.
+
+    Replaced whole after STARTTLS (RFC 3207 section 4.2: nothing learned in
+    cleartext survives the upgrade), never merged.
+
+    :ivar extensions: upper-cased EHLO keyword -> its parameter string.
+    :ivar auth_methods: the SASL mechanisms offered, upper-cased, in order.
+    :ivar esmtp: whether the server answered EHLO/LHLO (not only HELO).
+    """
+
+    extensions: dict[str, str] = field(default_factory=dict)
+    auth_methods: list[str] = field(default_factory=list)
+    esmtp: bool = False
+
+
+def server_info(reply: Reply) -> ServerInfo:
+    """The :class:`ServerInfo` of a positive EHLO/LHLO reply."""
+    extensions = parse_ehlo(reply)
+    return ServerInfo(extensions=extensions, auth_methods=auth_mechanisms(extensions), esmtp=True)

@@ -17,7 +17,19 @@ summary, the redacted command and the server's reply.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Protocol, TypeVar
+
+_E = TypeVar("_E", bound="SMTPConnectionError")
+
+
+class _Reply(Protocol):
+    """What an error keeps of a server reply (``_reply.Reply`` is one)."""
+
+    @property
+    def code(self) -> int: ...
+
+    @property
+    def enhanced_status(self) -> str | None: ...
 
 __all__ = [
     "SMTPConnectionError",
@@ -80,6 +92,30 @@ class SMTPConnectionError(Exception):
         self.recipient = recipient
         self.rejected_errors = list(rejected_errors)
         self.delivery_unknown = False
+        self._closes_connection: bool | None = None
+
+    @classmethod
+    def from_reply(
+        cls: type[_E], summary: str, reply: _Reply, command: str | None = None, *, recipient: str | None = None
+    ) -> _E:
+        """
+        The error for a server reply: the one place where a reply becomes
+        an exception, so every error carries the reply the same way.
+
+        :param summary: what failed, in words (``"the server refused the sender"``).
+        :param reply: the server's reply; its one-line text (control
+            characters escaped), code and enhanced status are kept.
+        :param command: the command it answered, credentials already redacted.
+        :param recipient: the address concerned, for a refused recipient.
+        """
+        return cls(
+            summary,
+            response=str(reply),
+            response_code=reply.code,
+            command=command,
+            enhanced_status=reply.enhanced_status,
+            recipient=recipient,
+        )
 
     def __str__(self) -> str:
         text = self.message
@@ -111,8 +147,22 @@ class SMTPConnectionError(Exception):
 
     @property
     def closes_connection(self) -> bool:
-        """Whether the library closes the connection after this error."""
+        """
+        Whether the library closed the connection after this error.
+
+        Decided by the code (a failure of the connection itself closes it),
+        except where the same code may go either way: ``ESTREAM`` closes a
+        connection sending with DATA (a message cannot be withdrawn once
+        DATA started) and not one sending with BDAT (the chunks are framed
+        by length, and RSET discards them); the code that raises it says so.
+        """
+        if self._closes_connection is not None:
+            return self._closes_connection
         return self.code in ("ECONNECTION", "ETIMEDOUT", "ETLS", "ESOCKET", "EPROTOCOL")
+
+    @closes_connection.setter
+    def closes_connection(self, value: bool) -> None:
+        self._closes_connection = value
 
 
 class ConnectionFailedError(SMTPConnectionError, ConnectionError):

@@ -55,7 +55,11 @@ class Lifecycle:
         :raises ProtocolError: ``action`` is not allowed in the current state.
         """
         if self.state not in allowed:
-            raise ProtocolError(f"cannot {action}: {_WHY[self.state]}")
+            error = ProtocolError(f"cannot {action}: {_WHY[self.state]}")
+            # A call out of order changes nothing: the connection was not
+            # usable for it in the first place.
+            error.closes_connection = False
+            raise error
 
     def move(self, new: State) -> bool:
         """

@@ -36,6 +36,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ._errors import AuthenticationError
+from ._options import default_reactor
 
 __all__ = ["OAuth2Token", "OAuth2TokenProvider"]
 
@@ -242,10 +243,8 @@ class OAuth2TokenProvider:
             raise ValueError("timeout must be positive")
         self._timeout = float(timeout)
         self._margin = float(expiry_margin)
-        if reactor is None and (agent is None or clock is None):
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
+        if agent is None or clock is None:
+            reactor = default_reactor(reactor)
         self._agent = agent if agent is not None else Agent(reactor)  # type: ignore[no-untyped-call]
         self._clock: IReactorTime = clock if clock is not None else reactor
         self._observers: list[Callable[[OAuth2Token], object]] = []

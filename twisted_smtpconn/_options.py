@@ -16,7 +16,7 @@ from typing import Any
 
 from ._commands import validate_client_name
 
-__all__ = ["ConnectionOptions", "TLS_SETTING_KEYS", "validate_options"]
+__all__ = ["ConnectionOptions", "TLS_SETTING_KEYS", "validate_options", "default_reactor"]
 
 #: The keys a ``tls`` dict may hold (API.md).
 TLS_SETTING_KEYS = frozenset(
@@ -208,3 +208,18 @@ def validate_options(
         lmtp=_check_bool("lmtp", lmtp),
         prefer_data=_check_bool("prefer_data", prefer_data),
     )
+
+
+def default_reactor(reactor: Any) -> Any:
+    """
+    ``reactor``, or the global reactor when it is ``None``.
+
+    Imported only when needed: importing ``twisted.internet.reactor`` installs
+    the default reactor, which a program that picks another one must be able
+    to avoid by passing its own.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    return reactor

@@ -32,6 +32,7 @@ from ._connection import SMTPConnection
 from ._envelope import Envelope, coerce_envelope
 from ._errors import ProtocolError, SMTPConnectionError
 from ._lifecycle import State
+from ._options import default_reactor
 from ._sendinfo import SendInfo
 from ._source import check_message
 
@@ -120,27 +121,50 @@ class _Slot:
 
 @dataclass
 class _RateLimiter:
-    """At most ``limit`` message starts in any ``interval`` seconds."""
+    """
+    At most ``limit`` messages start at the server in any ``interval``
+    seconds, a start being the moment MAIL is written.
+
+    A message given a connection is *reserved* until its MAIL goes out (a
+    new connection may take a while to greet us), and a reservation counts
+    as a start at the latest possible moment: so the starts the server sees,
+    not the moments the pool handed messages out, keep to the limit.
+    """
 
     clock: IReactorTime
     limit: int | None
     interval: float
     starts: deque[float] = field(default_factory=deque)
+    reserved: int = 0
 
     def delay(self) -> float:
-        """Seconds to wait before the next start may happen (0: now)."""
+        """Seconds to wait before another message may be reserved (0: now)."""
         if self.limit is None:
             return 0.0
         now = self.clock.seconds()
         while self.starts and self.starts[0] <= now - self.interval:
             self.starts.popleft()
-        if len(self.starts) < self.limit:
+        if len(self.starts) + self.reserved < self.limit:
             return 0.0
+        if not self.starts:
+            # Every place is reserved; a start or a release pumps again.
+            return float("inf")
         return self.starts[0] + self.interval - now
 
-    def record(self) -> None:
+    def reserve(self) -> None:
         if self.limit is not None:
+            self.reserved += 1
+
+    def started(self) -> None:
+        """A reserved message's MAIL is being written now."""
+        if self.limit is not None:
+            self.reserved -= 1
             self.starts.append(self.clock.seconds())
+
+    def release(self) -> None:
+        """A reserved message ended without starting."""
+        if self.limit is not None:
+            self.reserved -= 1
 
 
 class SMTPPool:
@@ -196,10 +220,7 @@ class SMTPPool:
         ):
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
                 raise ValueError(f"{label} must be a positive number of seconds, not {seconds!r}")
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
+        reactor = default_reactor(reactor)
         self._reactor = reactor
         self._clock: IReactorTime = reactor
         self._host = host
@@ -247,7 +268,9 @@ class SMTPPool:
             of attempts and the connection that carried the last one.
         """
         if self._closed:
-            return succeed(SendTrace(None, ProtocolError("cannot send: the pool is closed"), 0, 0))
+            closed = ProtocolError("cannot send: the pool is closed")
+            closed.closes_connection = False
+            return succeed(SendTrace(None, closed, 0, 0))
         try:
             checked = coerce_envelope(envelope)
             check_message(message)
@@ -314,6 +337,8 @@ class SMTPPool:
         """Start as many waiting jobs as the limits allow."""
         while self._waiting and not self._closed:
             delay = self._rate.delay()
+            if delay == float("inf"):
+                return
             if delay > 0:
                 self._schedule_pump(delay)
                 return
@@ -330,7 +355,7 @@ class SMTPPool:
             if slot is not None:
                 slot.in_flight += 1
             job = self._waiting.popleft()
-            self._rate.record()
+            self._rate.reserve()
             self._track(Deferred.fromCoroutine(self._run(job, slot)))
 
     def _second_lane(self) -> _Slot | None:
@@ -348,8 +373,7 @@ class SMTPPool:
                 slot.in_flight == 1
                 and not (slot.broken or slot.retired)
                 and slot.sent + slot.in_flight < self._max_messages
-                and slot.connection.state is State.READY
-                and "PIPELINING" in slot.connection.extensions
+                and slot.connection._accepts_overlap()
             ):
                 return slot
         return None
@@ -418,13 +442,20 @@ class SMTPPool:
     async def _run(self, job: _Job, slot: _Slot | None) -> None:
         job.attempts += 1
         job.connection = 0 if slot is None else slot.number
+        reserved = [True]
+
+        def started() -> None:
+            if reserved:
+                reserved.clear()
+                self._rate.started()
+
         try:
             if slot is None:
                 slot = await self._open_slot()
                 slot.in_flight += 1
                 job.connection = slot.number
             message = job.replay() if (job.replay is not None and job.attempts > 1) else job.message
-            info = await slot.connection.send(job.envelope, message)
+            info = await slot.connection._send_reporting(job.envelope, message, started)
         except SMTPConnectionError as error:
             if slot is not None and error.closes_connection:
                 slot.broken = True
@@ -437,6 +468,9 @@ class SMTPPool:
             slot.sent += 1
             self._release(slot)
             job.succeed(info)
+        if reserved:
+            # It ended before its MAIL was written: the place is free again.
+            self._rate.release()
         self._pump()
 
     def _after_failure(self, job: _Job, error: SMTPConnectionError) -> None:

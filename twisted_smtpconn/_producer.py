@@ -56,11 +56,6 @@ class BodyProducer:
         """Whether the consumer asked us to pause and has not resumed us yet."""
         return self._paused
 
-    @property
-    def stopped(self) -> bool:
-        """Whether the consumer told us to stop (the connection went away)."""
-        return self._stopped
-
     async def write_all(self, pieces: AsyncIterator[bytes]) -> int:
         """
         Write every piece of ``pieces`` to the consumer, respecting pauses.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ._errors import ProtocolError
 
-__all__ = ["Reply", "ReplyParser", "parse_enhanced_status", "describe_line"]
+__all__ = ["Reply", "ReplyParser", "parse_enhanced_status", "describe_line", "escape_controls"]
 
 #: RFC 3463 / RFC 2034 enhanced status code at the start of a reply's text:
 #: class "." subject "." detail, followed by white space or the end.
@@ -36,6 +36,15 @@ _SHOWN_LINE_BYTES = 100
 
 def _escape_control(match: re.Match[str]) -> str:
     return f"\\x{ord(match.group()):02x}"
+
+
+def escape_controls(text: str) -> str:
+    """
+    ``text`` with every control character (C0, DEL, C1) shown as ``\\xNN``:
+    what a server sent must never reach a terminal or a log raw, where an
+    escape sequence could rewrite what the reader sees.
+    """
+    return _CONTROL.sub(_escape_control, text)
 
 
 def describe_line(line: bytes) -> str:
@@ -130,7 +139,7 @@ class Reply:
         shown escaped (``\\x1b``): this string ends up in error messages and
         logs, where raw escapes could rewrite a terminal.
         """
-        joined = _CONTROL.sub(_escape_control, " ".join(self.lines))
+        joined = escape_controls(" ".join(self.lines))
         return f"{self.code} {joined}" if joined else str(self.code)
 
 

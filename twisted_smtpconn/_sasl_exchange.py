@@ -20,7 +20,6 @@ from ._errors import AuthenticationError, ProtocolError, SMTPConnectionError
 from ._protocol import SMTPClientProtocol
 from ._reply import Reply
 from ._sasl_base import SASLMechanism, decode_challenge, encode_response
-from ._session import closing_error
 
 __all__ = ["Outcome", "run_exchange", "REDACTED", "MAX_ROUNDS"]
 
@@ -62,25 +61,16 @@ async def _cancel(
     the connection stays usable; return ``error`` with the server's answer.
     """
     reply = await protocol.send_command(_CANCEL, log_as="*")
-    if reply.code == 421:
-        return closing_error(reply, command)
     if reply.is_intermediate:
         # The server still waits for SASL data: whatever we send next would
         # be read as a response.  There is no way back into step.
-        failure = ProtocolError(
-            f"the server did not end the cancelled {mechanism.name} exchange",
-            response=str(reply),
-            response_code=reply.code,
-            command=command,
+        failure = ProtocolError.from_reply(
+            f"the server did not end the cancelled {mechanism.name} exchange", reply, command
         )
         protocol.abort(failure)
         return failure
-    return AuthenticationError(
-        f"{mechanism.name} authentication was abandoned: {error.message}",
-        response=str(reply),
-        response_code=reply.code,
-        command=command,
-        enhanced_status=reply.enhanced_status,
+    return AuthenticationError.from_reply(
+        f"{mechanism.name} authentication was abandoned: {error.message}", reply, command
     )
 
 
@@ -103,7 +93,8 @@ async def run_exchange(protocol: SMTPClientProtocol, mechanism: SASLMechanism) -
         the server had already accepted us without proving itself (SCRAM),
         in which case the connection is closed: we would be talking to a
         server that may be an impostor.
-    :raises ConnectionFailedError: the server answered 421.
+    :raises ConnectionFailedError: the server answered 421 (the protocol ends
+        the connection on it).
     :raises ProtocolError: the server's reply fits no AUTH dialogue (a code
         other than 2xx, 334, 4xx, 5xx), or it did not end an exchange we
         cancelled; the connection is closed.
@@ -142,27 +133,13 @@ async def run_exchange(protocol: SMTPClientProtocol, mechanism: SASLMechanism) -
         except AuthenticationError as error:
             raise await _cancel(protocol, mechanism, command, error) from None
         reply = await protocol.send_command(encode_response(response), log_as=REDACTED)
-    if reply.code == 421:
-        raise closing_error(reply, command)
     if reply.is_positive:
         try:
             mechanism.finish()
         except AuthenticationError as error:
-            failure = AuthenticationError(
-                error.message,
-                response=str(reply),
-                response_code=reply.code,
-                command=command,
-                enhanced_status=reply.enhanced_status,
-            )
+            failure = AuthenticationError.from_reply(error.message, reply, command)
             protocol.abort(failure)
             raise failure from None
     elif not (reply.is_transient or reply.is_permanent):
-        raise ProtocolError(
-            f"unexpected reply to {mechanism.name} authentication",
-            response=str(reply),
-            response_code=reply.code,
-            command=command,
-            enhanced_status=reply.enhanced_status,
-        )
+        raise ProtocolError.from_reply(f"unexpected reply to {mechanism.name} authentication", reply, command)
     return Outcome(reply, command)

@@ -25,7 +25,6 @@ handshake completed (:meth:`is_secure`).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
@@ -33,14 +32,14 @@ from twisted.logger import Logger
 from ._errors import ConnectionFailedError, SMTPConnectionError, SocketError, TLSError
 from ._options import ConnectionOptions
 from ._protocol import SMTPClientProtocol
-from ._session import ServerInfo, closing_error
+from ._ehlo import ServerInfo
+from ._reply import escape_controls
 from ._tls_settings import TLSSettings
 
 __all__ = ["TLSPolicy"]
 
 #: The reply that means "go ahead with the handshake" (RFC 3207 section 4).
 _READY = 220
-_CLOSING = 421
 
 
 class TLSPolicy:
@@ -91,22 +90,16 @@ class TLSPolicy:
 
     # -- implicit TLS ---------------------------------------------------------------
 
-    def implicit_wrapper(self) -> Callable[[Any], Any] | None:
-        """
-        Always ``None``: implicit TLS is started on the connected transport
-        by :meth:`start_implicit` instead of by wrapping the endpoint.
-
-        One code path then serves TCP, caller-given endpoints and adopted
-        sockets alike, and the handshake's completion is observed by the
-        protocol (``handshakeCompleted``), which ``conn.secure`` needs; the
-        bytes on the wire are the same as with ``wrapClientTLS``: nothing is
-        read or written in cleartext before the ClientHello.
-        """
-        return None
-
     async def start_implicit(self, protocol: SMTPClientProtocol) -> None:
         """
         For ``secure=True``: run the TLS handshake before the greeting is read.
+
+        The handshake is started on the connected transport rather than by
+        wrapping the endpoint, so one code path serves TCP, a caller's
+        endpoint, a proxy tunnel and an adopted socket, and the protocol sees
+        the handshake complete (``secure``, and the greeting's clock, which
+        starts then).  Its time limit is ``connection_timeout``, kept by the
+        protocol.
 
         :raises TLSError: when the handshake or the certificate check fails.
         """
@@ -118,6 +111,20 @@ class TLSPolicy:
     def is_secure(self, protocol: SMTPClientProtocol) -> bool:
         """Whether ``protocol``'s transport is TLS now (a handshake completed on it)."""
         return protocol is self._secure_protocol and protocol.is_open
+
+    def is_verified(self, protocol: SMTPClientProtocol) -> bool:
+        """
+        Whether ``protocol``'s transport is TLS with the server's certificate
+        verified: our own creator with ``reject_unauthorized`` (the
+        default), or a caller's creator, which is trusted to verify as
+        Twisted's ``optionsForClientTLS`` does.
+        """
+        if not self.is_secure(protocol):
+            return False
+        tls = self._options.tls
+        if tls is not None and not isinstance(tls, Mapping):
+            return True
+        return TLSSettings.from_mapping(tls).reject_unauthorized
 
     async def negotiate(
         self,
@@ -151,23 +158,15 @@ class TLSPolicy:
         # error, never mistaken for a failed handshake (and a fallback).
         creator = self.creator()
         reply = await protocol.send_starttls()
-        if reply.code == _CLOSING:
-            raise closing_error(reply, "STARTTLS")
         if reply.code != _READY:
             if options.opportunistic_tls:
                 self._log.warn(
                     "{host} refused STARTTLS ({response}); going on in cleartext (opportunistic_tls)",
                     host=options.host,
-                    response=str(reply),
+                    response=escape_controls(str(reply)),
                 )
                 return None
-            raise TLSError(
-                "the server refused STARTTLS",
-                response=str(reply),
-                response_code=reply.code,
-                command="STARTTLS",
-                enhanced_status=reply.enhanced_status,
-            )
+            raise TLSError.from_reply("the server refused STARTTLS", reply, "STARTTLS")
         await self._handshake(protocol, creator)
         # RFC 3207 4.2: forget everything the cleartext hello said.
         try:
@@ -202,7 +201,11 @@ class TLSPolicy:
             self._handshake_error = error
             raise
         self._secure_protocol = protocol
-        self._log.info("TLS handshake with {host} completed", host=self._options.host)
+        self._log.info(
+            "TLS handshake with {host} completed: {details}",
+            host=self._options.host,
+            details=_session_details(protocol.transport),
+        )
 
     def after_handshake(self, protocol: SMTPClientProtocol, error: SMTPConnectionError) -> SMTPConnectionError:
         """
@@ -258,3 +261,28 @@ class TLSPolicy:
         )
 
 
+
+
+def _session_details(transport: object) -> str:
+    """
+    The TLS version, cipher and the server certificate's subject and issuer,
+    in words, for the log (what ``swaks`` shows after STARTTLS); what cannot
+    be read is left out.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    try:
+        connection = get_handle() if get_handle is not None else None
+        version = connection.get_protocol_version_name()  # type: ignore[union-attr]
+        cipher = connection.get_cipher_name()  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - not a pyOpenSSL connection: nothing to say
+        return "no details available"
+    parts = [f"{version} {cipher}"]
+    try:
+        certificate = connection.get_peer_certificate()  # type: ignore[union-attr]
+        if certificate is not None:
+            crypto = certificate.to_cryptography()
+            parts.append(f"server certificate {crypto.subject.rfc4514_string()!r}")
+            parts.append(f"issued by {crypto.issuer.rfc4514_string()!r}")
+    except Exception:  # noqa: BLE001 - the details are a courtesy, never a failure
+        pass
+    return escape_controls(", ".join(parts))

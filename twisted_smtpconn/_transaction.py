@@ -1,53 +1,64 @@
+# -*- test-case-name: tests.test_wire, tests.test_pipelined_sends, tests.test_bdat -*-
 """
-One mail transaction: MAIL FROM, RCPT TO for each recipient, DATA, the
-streamed message and the final reply (one per recipient with LMTP).
+What every mail transaction shares, whichever way its message goes
+(:mod:`._data` or :mod:`._bdat`): the command lines, rendered and checked
+before the first byte is written; the envelope phase (MAIL FROM and RCPT TO,
+one round trip each or pipelined); sorting the recipients by their replies;
+the per-recipient replies of LMTP; and marking a failure that came after the
+whole message was sent.
 
-Everything that can be checked locally (addresses, parameters, SMTPUTF8
-support, the server's SIZE limit) is checked before the first byte is
-written, so a bad envelope never leaves a half-written command behind.  A
-send reports success only after the server's final 2xx to the message.
+Reply codes are read strictly, by what each command may be answered with:
+MAIL and RCPT with 2xx (accepted) or 4xx/5xx (refused, ``EENVELOPE``);
+anything else (a 354 to MAIL, say) means the server is not following the
+dialogue, which is ``EPROTOCOL`` and ends the connection.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-
-from . import _bdat
 from ._commands import mail_from_command, rcpt_to_command, use_smtputf8
-from ._dotstuff import BodyEncoder
 from ._ehlo import size_limit
 from ._envelope import Envelope
-from ._errors import (
-    EnvelopeError,
-    MessageError,
-    ProtocolError,
-    SMTPConnectionError,
-    StreamError,
-)
-from ._producer import BodyProducer, encoded
+from ._errors import EnvelopeError, MessageError, ProtocolError, SMTPConnectionError
 from ._protocol import SMTPClientProtocol
 from ._reply import Reply
-from ._sendinfo import SendInfo
-from ._session import closing_error
-from ._source import DEFAULT_CHUNK_SIZE, iterate_message
 
-__all__ = ["run_transaction", "reset_session", "fold_lmtp_replies"]
+__all__ = [
+    "Commands",
+    "Recipients",
+    "render",
+    "stepwise_envelope",
+    "sort_envelope",
+    "fold_lmtp_replies",
+    "final_reply_error",
+    "delivery_unknown",
+]
 
 
-@dataclass(frozen=True)
-class _Commands:
+@dataclass(frozen=True, slots=True)
+class Commands:
     """The rendered lines of one transaction, all made before sending any."""
 
     mail: bytes
-    rcpts: list[tuple[str, bytes]]
+    rcpts: tuple[tuple[str, bytes], ...]
+
+    @property
+    def lines(self) -> list[bytes]:
+        """MAIL, then every RCPT, in order."""
+        return [self.mail, *(line for _, line in self.rcpts)]
 
 
-def _render(envelope: Envelope, extensions: Mapping[str, str], body: str | None = None) -> _Commands:
+def render(envelope: Envelope, extensions: Mapping[str, str], *, body: str | None = None) -> Commands:
+    """
+    The commands of ``envelope`` for a server that offered ``extensions``.
+
+    :param body: a ``BODY=`` value to send (``"BINARYMIME"`` for BDAT).
+    :raises MessageError: the envelope's size is over the server's limit.
+    :raises EnvelopeError: an address cannot be sent to this server.
+    """
     limit = size_limit(extensions)
     if limit is not None and envelope.size is not None and envelope.size > limit:
         raise MessageError(
@@ -55,284 +66,136 @@ def _render(envelope: Envelope, extensions: Mapping[str, str], body: str | None 
         )
     smtputf8 = use_smtputf8(envelope, extensions)
     mail = mail_from_command(envelope, extensions, body=body)
-    rcpts = [
+    rcpts = tuple(
         (address, rcpt_to_command(address, envelope.dsn, extensions, smtputf8=smtputf8))
         for address in envelope.rcpt_to
-    ]
-    return _Commands(mail, rcpts)
-
-
-def _reply_error(
-    cls: type[SMTPConnectionError], summary: str, reply: Reply, command: bytes, recipient: str | None = None
-) -> SMTPConnectionError:
-    if reply.code == 421:
-        return closing_error(reply, command.decode("utf-8", "replace"))
-    return cls(
-        summary,
-        response=str(reply),
-        response_code=reply.code,
-        command=command.decode("utf-8", "replace"),
-        enhanced_status=reply.enhanced_status,
-        recipient=recipient,
     )
+    return Commands(mail, rcpts)
 
 
-def _small_message(message: object) -> bytes | None:
+@dataclass(slots=True)
+class Recipients:
     """
-    The message as one ``bytes`` when it is a ``bytes`` or ``str`` no larger
-    than one chunk of the stream, else ``None``.
+    The envelope's outcome.
 
-    Such a message is encoded and written in one go: streaming it would cost
-    a producer registration and three async generators for a single write,
-    which for the typical few-kilobyte message is most of the time spent on
-    the body, and memory stays bounded by the chunk size all the same.  A
-    ``str`` that cannot be encoded goes the streaming way, which reports it
-    as ``ESTREAM``.
+    :ivar refusal: the error to raise after cleaning up (RSET) when the
+        sender or every recipient was refused; ``None`` when the message may
+        go on.
+    :ivar mail_accepted: whether MAIL was accepted (else there is no
+        transaction on the server to reset, unless more was pipelined).
     """
-    if type(message) is bytes:
-        return message if len(message) <= DEFAULT_CHUNK_SIZE else None
-    if type(message) is str and len(message) <= DEFAULT_CHUNK_SIZE // 4:
-        try:
-            return message.encode("utf-8")
-        except UnicodeEncodeError:
-            return None
-    return None
+
+    accepted: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    errors: list[SMTPConnectionError] = field(default_factory=list)
+    refusal: SMTPConnectionError | None = None
+    mail_accepted: bool = True
 
 
-async def reset_session(protocol: SMTPClientProtocol) -> Reply:
+def _text(line: bytes) -> str:
+    return line.decode("utf-8", "replace")
+
+
+def _check_envelope_reply(reply: Reply, line: bytes) -> None:
+    """A reply MAIL or RCPT can have: 2xx, 4xx or 5xx; anything else ends the session."""
+    if not (reply.is_positive or reply.is_transient or reply.is_permanent):
+        raise ProtocolError.from_reply("the server's reply does not fit the command", reply, _text(line))
+
+
+def sort_envelope(commands: Commands, replies: list[Reply]) -> Recipients:
     """
-    RSET: abandon the current transaction.
+    Read the replies to MAIL and the RCPTs (stepwise, the list stops where
+    the dialogue stopped: after a refused MAIL, only its reply).
 
-    :raises SMTPConnectionError: if the server refuses (the connection is
-        then in an unknown state; the caller closes it).
+    :raises ProtocolError: a reply that neither accepts nor refuses.
     """
-    reply = await protocol.send_command(b"RSET")
-    if not reply.is_positive:
-        raise _reply_error(ProtocolError, "the server refused RSET", reply, b"RSET")
-    return reply
-
-
-_Envelope = tuple[list[str], list[str], list[SMTPConnectionError], Reply]
-
-
-def _sort_recipients(
-    rcpts: list[tuple[str, bytes]], replies: list[Reply]
-) -> tuple[list[str], list[str], list[SMTPConnectionError]]:
-    """Split the recipients by their RCPT replies; a 421 ends the session."""
-    accepted: list[str] = []
-    rejected: list[str] = []
-    errors: list[SMTPConnectionError] = []
-    for (address, line), reply in zip(rcpts, replies):
+    mail_reply = replies[0]
+    _check_envelope_reply(mail_reply, commands.mail)
+    if not mail_reply.is_positive:
+        refusal = EnvelopeError.from_reply("the server refused the sender", mail_reply, _text(commands.mail))
+        return Recipients(refusal=refusal, mail_accepted=False)
+    outcome = Recipients()
+    for (address, line), reply in zip(commands.rcpts, replies[1:]):
+        _check_envelope_reply(reply, line)
         if reply.is_positive:
-            accepted.append(address)
+            outcome.accepted.append(address)
             continue
-        error = _reply_error(EnvelopeError, f"the server refused the recipient {address!r}", reply, line, address)
-        if error.response_code == 421:
-            raise error
-        rejected.append(address)
-        errors.append(error)
-    return accepted, rejected, errors
+        outcome.rejected.append(address)
+        outcome.errors.append(
+            EnvelopeError.from_reply(f"the server refused the recipient {address!r}", reply, _text(line), recipient=address)
+        )
+    if not outcome.accepted:
+        last = outcome.errors[-1]
+        outcome.refusal = EnvelopeError(
+            "the server refused every recipient",
+            response=last.response,
+            response_code=last.response_code,
+            command=last.command,
+            enhanced_status=last.enhanced_status,
+            rejected_errors=outcome.errors,
+        )
+    return outcome
 
 
-def _all_rejected(errors: list[SMTPConnectionError]) -> EnvelopeError:
-    last = errors[-1]
-    return EnvelopeError(
-        "the server refused every recipient",
-        response=last.response,
-        response_code=last.response_code,
-        command=last.command,
-        enhanced_status=last.enhanced_status,
-        rejected_errors=errors,
-    )
-
-
-async def _stepwise_envelope(protocol: SMTPClientProtocol, commands: _Commands) -> _Envelope:
-    """MAIL, each RCPT, DATA: one command per round trip."""
-    mail_reply = await protocol.send_command(commands.mail)
-    if not mail_reply.is_positive:
-        raise _reply_error(EnvelopeError, "the server refused the sender", mail_reply, commands.mail)
-    replies = []
+async def stepwise_envelope(
+    protocol: SMTPClientProtocol, commands: Commands, on_start: Callable[[], None] | None = None
+) -> list[Reply]:
+    """
+    MAIL, then each RCPT, one round trip each (no PIPELINING); stops after a
+    refused MAIL.  The replies are for :func:`sort_envelope`.
+    """
+    if on_start is not None:
+        on_start()
+    reply = await protocol.send_command(commands.mail)
+    replies = [reply]
+    if not reply.is_positive:
+        return replies
     for _, line in commands.rcpts:
-        reply = await protocol.send_command(line)
-        if reply.code == 421:
-            # The server is going away: not one more command.
-            raise closing_error(reply, line.decode("utf-8", "replace"))
-        replies.append(reply)
-    accepted, rejected, errors = _sort_recipients(commands.rcpts, replies)
-    if not accepted:
-        await reset_session(protocol)
-        raise _all_rejected(errors)
-    return accepted, rejected, errors, await protocol.send_command(b"DATA")
+        replies.append(await protocol.send_command(line))
+    return replies
 
 
-async def _pipelined_envelope(protocol: SMTPClientProtocol, commands: _Commands) -> _Envelope:
-    """
-    MAIL, every RCPT and DATA in one write (RFC 2920); replies in order.
-
-    Every reply is read even after a failure, so none is left to pair with
-    a later command.
-    """
-    lines = [commands.mail, *(line for _, line in commands.rcpts), b"DATA"]
-    waiters = protocol.send_commands(lines)
-    replies: list[Reply] = []
-    try:
-        for line, waiting in zip(lines, waiters):
-            reply = await waiting
-            if reply.code == 421:
-                raise closing_error(reply, line.decode("utf-8", "replace"))
-            replies.append(reply)
-    finally:
-        for waiting in waiters:
-            waiting.addErrback(lambda _: None)
-    mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
-    accepted, rejected, errors = _sort_recipients(commands.rcpts, rcpt_replies)
-    if mail_reply.is_positive and accepted:
-        return accepted, rejected, errors, data_reply
-    if data_reply.code == 354:
-        # A server that wrongly accepted DATA with nobody to deliver to:
-        # end the (empty) message at once; it goes nowhere.
-        end_reply = await protocol.send_command(b".")
-        if end_reply.code == 421:
-            raise closing_error(end_reply, ".")
-    await reset_session(protocol)
-    if not mail_reply.is_positive:
-        raise _reply_error(EnvelopeError, "the server refused the sender", mail_reply, commands.mail)
-    raise _all_rejected(errors)
-
-
-def fold_lmtp_replies(
-    replies: list[Reply],
-    command: bytes,
-    accepted: list[str],
-    rejected: list[str],
-    rejected_errors: list[SMTPConnectionError],
-) -> None:
+def fold_lmtp_replies(replies: list[Reply], command: bytes, outcome: Recipients) -> None:
     """
     LMTP (RFC 2033): one final reply per accepted recipient, in RCPT order;
     move each recipient refused after the message from ``accepted`` to
     ``rejected`` with its error.
+
+    A 421 among these replies never gets here: the protocol ends the
+    connection on it.  The send then fails with ``ECONNECTION``; when the
+    421 came after other recipients' replies, with ``delivery_unknown`` set,
+    since those recipients may have the message.
     """
-    for address, reply in zip(list(accepted), replies):
+    for address, reply in zip(list(outcome.accepted), replies):
         if not reply.is_positive:
-            accepted.remove(address)
-            rejected.append(address)
-            rejected_errors.append(
-                _reply_error(MessageError, f"the server refused the message for {address!r}", reply, command, address)
+            outcome.accepted.remove(address)
+            outcome.rejected.append(address)
+            outcome.errors.append(
+                MessageError.from_reply(
+                    f"the server refused the message for {address!r}", reply, _text(command), recipient=address
+                )
             )
 
 
-async def run_transaction(
-    protocol: SMTPClientProtocol,
-    clock: IReactorTime,
-    extensions: Mapping[str, str],
-    envelope: Envelope,
-    message: object,
-    *,
-    lmtp: bool,
-    prefer_data: bool = False,
-    on_message_sent: Callable[[], None] | None = None,
-) -> SendInfo:
+def final_reply_error(reply: Reply, command: bytes) -> SMTPConnectionError | None:
     """
-    Send ``message`` to ``envelope``'s recipients over an open session.
-
-    When the server offers CHUNKING (and ``prefer_data`` is false, or the
-    envelope is ``binary``) the message goes as BDAT chunks: see
-    :mod:`twisted_smtpconn._bdat`.
-
-    :param on_message_sent: called once the final dot is written, when the
-        server offers PIPELINING and only the final reply(ies) remain to be
-        read.  From then on the next transaction's MAIL, RCPT and DATA may
-        follow on the wire (RFC 2920: message content may be the first
-        "command" of a group): whatever that reply says, the server's
-        transaction ends with it, nothing of ours is sent in between (no
-        RSET follows a refused message), and replies pair with commands in
-        the order sent.
-
-    :raises EnvelopeError: sender refused, or every recipient refused (the
-        session is reset and stays usable).
-    :raises MessageError: too large for the server, or DATA or the message
-        refused (the session stays usable).
-    :raises StreamError: reading ``message`` failed mid-way; a message cannot
-        be withdrawn once DATA started, so the connection is closed (nothing
-        is delivered: the final dot was never sent).
+    The error for the reply to the end of a message (the final dot, or the
+    ``LAST`` chunk), or ``None`` when the server took the message.
     """
-    if _bdat.use_chunking(extensions, envelope, prefer_data=prefer_data):
-        commands = _render(envelope, extensions, "BINARYMIME" if envelope.binary else None)
-        return await _bdat.bdat_transaction(
-            protocol,
-            clock,
-            commands.mail,
-            commands.rcpts,
-            message,
-            pipelining="PIPELINING" in extensions,
-            lmtp=lmtp,
-            binary=envelope.binary,
-        )
-    commands = _render(envelope, extensions)
-    started = clock.seconds()
+    if reply.is_positive:
+        return None
+    if reply.is_transient or reply.is_permanent:
+        return MessageError.from_reply("the server refused the message", reply, _text(command))
+    return ProtocolError.from_reply("the server's reply to the message does not fit", reply, _text(command))
 
-    if "PIPELINING" in extensions:
-        accepted, rejected, rejected_errors, data_reply = await _pipelined_envelope(protocol, commands)
-    else:
-        accepted, rejected, rejected_errors, data_reply = await _stepwise_envelope(protocol, commands)
-    envelope_time = clock.seconds() - started
 
-    if data_reply.code != 354:
-        error = _reply_error(MessageError, "the server refused DATA", data_reply, b"DATA")
-        if error.response_code != 421:
-            await reset_session(protocol)
-        raise error
-
-    message_started = clock.seconds()
-    # Register for the final reply(ies) before streaming, so that a reply the
-    # server sends early (an error mid-DATA) is never taken as unsolicited.
-    finals: list[Deferred[Reply]] = [protocol.expect_reply() for _ in (accepted if lmtp else [None])]
-    encoder = BodyEncoder()
-    small = _small_message(message)
-    try:
-        if small is not None:
-            if protocol.failure is not None:
-                # The connection is already gone: nothing can be sent.
-                raise protocol.failure
-            protocol.consumer().write(encoder.encode(small) + encoder.finish())
-        else:
-            await BodyProducer(protocol.consumer()).write_all(encoded(iterate_message(message), encoder))
-    except BaseException as error:
-        for waiting in finals:
-            waiting.addErrback(lambda _: None)
-        if isinstance(error, StreamError):
-            protocol.abort(error)
-        elif protocol.failure is not None and protocol.failure is not error:
-            # The connection failed first (timeout, drop): report that.
-            raise protocol.failure from error
-        raise
-
-    if on_message_sent is not None and "PIPELINING" in extensions:
-        on_message_sent()
-    try:
-        replies = [await waiting for waiting in finals]
-    except SMTPConnectionError as error:
-        # Everything, final dot included, went out: the server may have
-        # the message even though we never heard back.  The error object
-        # may be the connection's shared failure: mark a copy.
-        unknown = copy.copy(error)
-        unknown.delivery_unknown = True
-        raise unknown from error
-    finally:
-        for waiting in finals:
-            waiting.addErrback(lambda _: None)
-
-    if lmtp:
-        fold_lmtp_replies(replies, b".", accepted, rejected, rejected_errors)
-    elif not replies[0].is_positive:
-        raise _reply_error(MessageError, "the server refused the message", replies[0], b".")
-
-    return SendInfo(
-        accepted=accepted,
-        rejected=rejected,
-        rejected_errors=rejected_errors,
-        response=str(replies[-1]),
-        envelope_time=envelope_time,
-        message_time=clock.seconds() - message_started,
-        message_size=encoder.message_size,
-    )
+def delivery_unknown(error: SMTPConnectionError) -> SMTPConnectionError:
+    """
+    ``error`` marked ``delivery_unknown``: the whole message went out but
+    its reply never came, so the server may have it (RFC 1047).  A copy,
+    since the object may be the connection's shared failure.
+    """
+    unknown = copy.copy(error)
+    unknown.delivery_unknown = True
+    unknown.__cause__ = error
+    return unknown

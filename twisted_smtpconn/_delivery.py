@@ -1,0 +1,76 @@
+# -*- test-case-name: tests.test_wire, tests.test_bdat, tests.test_pipelined_sends -*-
+"""
+One mail transaction, DATA or BDAT: the choice between :mod:`._data` and
+:mod:`._bdat`, made above both.
+
+BDAT is used when the server offers CHUNKING, unless the connection prefers
+DATA; binary content can only go as BDAT (see :func:`._bdat.use_chunking`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from ._bdat import bdat_transaction, use_chunking
+from ._data import data_transaction
+from ._ehlo import ServerInfo
+from ._envelope import Envelope
+from ._protocol import SMTPClientProtocol
+from ._sendinfo import SendInfo
+from ._transaction import render
+
+__all__ = ["run_transaction"]
+
+
+def run_transaction(
+    protocol: SMTPClientProtocol,
+    clock: IReactorTime,
+    server: ServerInfo,
+    envelope: Envelope,
+    message: object,
+    *,
+    lmtp: bool,
+    prefer_data: bool,
+    on_start: Callable[[], None] | None = None,
+    on_written: Callable[[], None] | None = None,
+) -> Coroutine[Any, Any, SendInfo]:
+    """
+    The coroutine that sends ``message`` to ``envelope``'s recipients over
+    an open session.
+
+    Everything that can be checked locally (addresses, parameters, SMTPUTF8,
+    the server's SIZE limit, binary content) is checked now, before the
+    coroutine exists, so a bad envelope never leaves a half-written command
+    behind.  A send reports success only after the server's final 2xx.
+
+    :raises SMTPConnectionError: what the local checks found (``EENVELOPE``,
+        ``EMESSAGE``), at once.
+    """
+    extensions = server.extensions
+    pipelining = "PIPELINING" in extensions
+    if use_chunking(extensions, envelope, prefer_data=prefer_data):
+        commands = render(envelope, extensions, body="BINARYMIME" if envelope.binary else None)
+        return bdat_transaction(
+            protocol,
+            clock,
+            commands,
+            message,
+            pipelining=pipelining,
+            lmtp=lmtp,
+            binary=envelope.binary,
+            on_start=on_start,
+        )
+    commands = render(envelope, extensions)
+    return data_transaction(
+        protocol,
+        clock,
+        commands,
+        message,
+        pipelining=pipelining,
+        lmtp=lmtp,
+        on_start=on_start,
+        on_written=on_written,
+    )
