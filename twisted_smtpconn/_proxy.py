@@ -83,9 +83,6 @@ PROXY_SCHEMES: dict[str, str] = {
 #: RFC 1929 length fields are one octet, and zero is not a valid length.
 _SOCKS5_CREDENTIAL_MAX = 255
 
-#: Length of a SOCKS5 domain name, a one-octet field (RFC 1928 section 5).
-_SOCKS5_NAME_MAX = 255
-
 #: RFC 1928 section 6, for the error messages.
 _SOCKS5_REPLY_MEANINGS: dict[SOCKS5ReplyCode, str] = {
     SOCKS5ReplyCode.SUCCEEDED: "succeeded",
@@ -285,7 +282,7 @@ def proxy_endpoint(
     :param timeout: seconds for TCP to the proxy.
     :param bind_address: local ``(address, port)`` to connect from.
     :raises ValueError: when the scheme cannot carry this target (an IPv6
-        address through SOCKS4a, or a name longer than SOCKS5 allows).
+        address through SOCKS4a) or ``host`` is not a valid name.
     """
     target = _target_name(settings, host)
     return _ProxyEndpoint(reactor, settings, target, port, timeout=timeout, bind_address=bind_address)
@@ -308,8 +305,8 @@ def _target_name(settings: ProxySettings, host: str) -> str:
         name = idna.encode(host.rstrip("."), uts46=True).decode("ascii")
     except idna.IDNAError as error:
         raise ValueError(f"the server's host name {host!r} is not a valid domain name: {error}") from None
-    if settings.scheme in ("socks5", "socks5h") and len(name) > _SOCKS5_NAME_MAX:
-        raise ValueError(f"the server's host name is longer than SOCKS5's {_SOCKS5_NAME_MAX} bytes")
+    # idna refuses names over 253 octets, so every name that gets here also
+    # fits SOCKS5's one-octet length field.
     return name
 
 
@@ -361,6 +358,7 @@ class _Attempt:
         self._result: Deferred[IProtocol] = Deferred(self._cancel)
         self._pending: Deferred[Any] | None = None
         self._handshake: _Handshake | None = None
+        self._cancelled = False
 
     def start(self) -> Deferred[IProtocol]:
         endpoint = self._endpoint
@@ -419,7 +417,9 @@ class _Attempt:
 
     def _cancel(self, result: Deferred[IProtocol]) -> None:
         # Deferred fails with CancelledError after this returns; our job is
-        # to leave no connection attempt and no open socket behind.
+        # to leave no connection attempt and no open socket behind, and to
+        # keep whatever stopping them fails with from taking its place.
+        self._cancelled = True
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
@@ -428,7 +428,7 @@ class _Attempt:
             handshake.abort()
 
     def _fail(self, reason: Exception | Failure) -> None:
-        if not self._result.called:
+        if not self._result.called and not self._cancelled:
             self._result.errback(reason)
 
     # -- called by the handshake protocol -----------------------------------------------
@@ -460,8 +460,14 @@ class _Attempt:
 
 def _resolve(reactor: Any, host: str, port: int) -> Deferred[str]:
     """
-    Resolve ``host`` with the reactor's resolver and fire with the first
-    address, as a string; fail with :class:`LookupError` when there is none.
+    Resolve ``host`` with the reactor's resolver and fire with one address,
+    as a string: the first IPv4 address, else the first IPv6 address.
+
+    One address, because a SOCKS5 request carries one (there is no trying
+    the next address as a direct connection would); IPv4 first, because a
+    proxy without IPv6 connectivity is common and one without IPv4 is not.
+
+    :raises LookupError: through the Deferred, when there is no address.
     """
     done: Deferred[str] = Deferred()
     addresses: list[str] = []
@@ -478,7 +484,8 @@ def _resolve(reactor: Any, host: str, port: int) -> Deferred[str]:
             if done.called:
                 return  # cancelled meanwhile
             if addresses:
-                done.callback(addresses[0])
+                ipv4 = [address for address in addresses if ":" not in address]
+                done.callback((ipv4 or addresses)[0])
             else:
                 done.errback(LookupError(f"no address found for {host}"))
 
