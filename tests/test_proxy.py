@@ -741,10 +741,17 @@ async def deliver_through(proxy: str, server: Any, *, host: str = "127.0.0.1", *
     return delivered
 
 
-@pytest.mark.parametrize("scheme", ["socks5", "socks5h", "socks4a"])
+@pytest.mark.parametrize(
+    ("scheme", "host"),
+    [
+        ("socks5", "localhost"),  # resolved here, the address goes to Dante
+        ("socks5h", "localhost"),  # Dante resolves it
+        ("socks4a", "127.0.0.1"),  # an address: plain SOCKS4, which Dante speaks
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_dante_plain(dante_proxy: Any, aiosmtpd_server: Any, scheme: str) -> None:
-    delivered = await deliver_through(dante_proxy.url(scheme), aiosmtpd_server, host="localhost")
+async def test_dante_plain(dante_proxy: Any, aiosmtpd_server: Any, scheme: str, host: str) -> None:
+    delivered = await deliver_through(dante_proxy.url(scheme), aiosmtpd_server, host=host)
     assert not delivered.tls
     # Dante's log shows the tunnel to the server's port.
     await wait_for_log(dante_proxy, f"127.0.0.1.{aiosmtpd_server.port}")
@@ -816,6 +823,18 @@ async def test_dante_without_credentials_where_they_are_required(dante_auth_prox
 
 
 @pytest_twisted.ensureDeferred
+async def test_dante_refuses_socks4a_names(dante_proxy: Any, aiosmtpd_server: Any) -> None:
+    # Dante speaks SOCKS4 but not the 4a extension: it takes the request for
+    # the address 0.0.0.255, which no rule allows, and says so.
+    error = await connect_failure(proxied_connection(dante_proxy.url("socks4a"), "localhost", aiosmtpd_server.port))
+    assert error.code == "ECONNECTION"
+    assert str(error) == (
+        f"the socks4a://127.0.0.1:{dante_proxy.port} proxy refused to connect to localhost:{aiosmtpd_server.port}: "
+        "reply 0x5b, request rejected or failed"
+    )
+
+
+@pytest_twisted.ensureDeferred
 async def test_dante_block_rule(dante_proxy: Any) -> None:
     port = dante_proxy.blocked_port
     error = await connect_failure(proxied_connection(dante_proxy.url("socks5"), "127.0.0.1", port))
@@ -859,17 +878,27 @@ async def test_tinyproxy_implicit_tls_with_basic_auth(make_tinyproxy: Any, make_
     assert delivered.tls
 
 
+@pytest.mark.parametrize(
+    ("credentials", "status_line"),
+    [
+        (None, "HTTP/1.0 407 Proxy Authentication Required"),
+        # tinyproxy answers wrong credentials with 401, not 407; quoted as it is.
+        (("mailer", "wrong-pass"), "HTTP/1.0 401 Unauthorized"),
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_tinyproxy_wrong_credentials(make_tinyproxy: Any, aiosmtpd_server: Any) -> None:
+async def test_tinyproxy_refuses_credentials(
+    make_tinyproxy: Any, aiosmtpd_server: Any, credentials: tuple[str, str] | None, status_line: str
+) -> None:
     proxy = make_tinyproxy(connect_ports=[aiosmtpd_server.port], basic_auth=("mailer", "tunnel-pass"))
-    url = proxy.url("http", ("mailer", "wrong-pass"))
+    url = proxy.url("http", credentials) if credentials else f"http://127.0.0.1:{proxy.port}"
     error = await connect_failure(proxied_connection(url, "127.0.0.1", aiosmtpd_server.port))
     assert error.code == "ECONNECTION"
     assert str(error) == (
-        f"the http://127.0.0.1:{proxy.port} proxy refused CONNECT 127.0.0.1:{aiosmtpd_server.port}: "
-        "HTTP/1.0 407 Proxy Authentication Required"
+        f"the http://127.0.0.1:{proxy.port} proxy refused CONNECT 127.0.0.1:{aiosmtpd_server.port}: {status_line}"
     )
     assert "wrong-pass" not in repr(error)
+    assert aiosmtpd_server.messages == ()
 
 
 @pytest_twisted.ensureDeferred
