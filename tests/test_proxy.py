@@ -484,7 +484,7 @@ async def test_proxy_on_ipv6_loopback(scripted: Any) -> None:
         await expect_bytes(peer, b"\x05\x01\x00")
         peer.send(b"\x05\x00")
         await expect_bytes(peer, b"\x05\x01\x00\x04" + b"\x00" * 15 + b"\x01" + port_bytes())
-        peer.send(SOCKS5_OK + GREETING)
+        peer.send(b"\x05\x00\x00\x04" + b"\x00" * 15 + b"\x01\x04\x38" + GREETING)  # bound to [::1]:1080
         await peer.gone()
 
     server = scripted(proxy, interface="::1")
@@ -504,6 +504,51 @@ async def test_socks5_reply_that_is_not_socks5(scripted: Any) -> None:
     server = scripted(proxy)
     error = await connect_error(endpoint_for(server, "socks5", "127.0.0.1"))
     assert "sent a reply that is not SOCKS5: b'HT'" in str(error)
+
+
+@pytest_twisted.ensureDeferred
+async def test_socks5_reply_with_an_unknown_address_type(scripted: Any) -> None:
+    async def proxy(peer: Peer) -> None:
+        await expect_bytes(peer, b"\x05\x01\x00")
+        peer.send(b"\x05\x00")
+        await peer.read_at_least(10)
+        peer.send(b"\x05\x00\x00\x07\x00\x00")
+        await peer.gone()
+
+    server = scripted(proxy)
+    error = await connect_error(endpoint_for(server, "socks5", "127.0.0.1"))
+    assert "sent a reply that is not SOCKS5: b'\\x05\\x00\\x00\\x07\\x00\\x00'" in str(error)
+
+
+@pytest_twisted.ensureDeferred
+async def test_socks4_reply_that_is_not_socks4(scripted: Any) -> None:
+    async def proxy(peer: Peer) -> None:
+        await peer.read_at_least(9)
+        peer.send(b"\x05\x00\x00\x01\x00\x00\x00\x00")
+        await peer.gone()
+
+    server = scripted(proxy)
+    error = await connect_error(endpoint_for(server, "socks4a", "127.0.0.1"))
+    assert "sent a reply that is not SOCKS4" in str(error)
+
+
+@pytest_twisted.ensureDeferred
+async def test_factory_that_declines(scripted: Any) -> None:
+    class Declining(Factory):
+        def buildProtocol(self, addr: Any) -> None:
+            return None
+
+    async def proxy(peer: Peer) -> None:
+        await expect_bytes(peer, b"\x05\x01\x00")
+        peer.send(b"\x05\x00")
+        await peer.read_at_least(10)
+        peer.send(SOCKS5_OK)
+        await peer.gone()
+
+    server = scripted(proxy)
+    with pytest.raises(ConnectionFailedError, match="protocol factory declined the connection"):
+        await guard(endpoint_for(server, "socks5", "127.0.0.1").connect(Declining()))
+    await guard(server.peers[0].gone(), 5.0)
 
 
 @pytest_twisted.ensureDeferred

@@ -740,7 +740,6 @@ class _Handshake(Protocol):
     def __init__(self, attempt: _Attempt, negotiation: _Negotiation) -> None:
         self._attempt = attempt
         self._negotiation = negotiation
-        self._error: ConnectionFailedError | None = None
         self._done = False
 
     def connectionMade(self) -> None:
@@ -754,9 +753,11 @@ class _Handshake(Protocol):
         try:
             to_send, leftover = self._negotiation.receive(data)
         except _Refused as refusal:
+            # Closed before the caller hears of it: whatever the caller does
+            # next, this connection is already on its way out.
             self._done = True
-            self._attempt.handshake_failed(self._refusal(str(refusal)))
             self.transport.loseConnection()
+            self._attempt.handshake_failed(self._refusal(str(refusal)))
             return
         if to_send:
             self.transport.write(to_send)
