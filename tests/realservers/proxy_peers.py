@@ -274,10 +274,11 @@ def create_system_user(prefix: str = "smtpconn-px") -> SystemUser:
 
 
 def _tinyproxy_config(port: int, connect_ports: Sequence[int], basic_auth: tuple[str, str] | None) -> str:
-    lines = [
-        "# A private test instance; nothing of /etc/tinyproxy is used.",
-        "User nobody",
-        "Group nogroup",
+    lines = ["# A private test instance; nothing of /etc/tinyproxy is used."]
+    if os.geteuid() == 0:
+        # As root tinyproxy changes to this user; as anybody else it cannot.
+        lines += ["User nobody", "Group nogroup"]
+    lines += [
         f"Port {port}",
         f"Listen {LOOPBACK}",
         "Timeout 60",
