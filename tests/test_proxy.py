@@ -133,8 +133,10 @@ def test_parse_none_and_settings_pass() -> None:
     [
         ("socks4://127.0.0.1:1080", "unknown proxy scheme socks4://"),
         ("https://127.0.0.1:1080", "unknown proxy scheme https://"),
-        ("127.0.0.1:1080", "unknown proxy scheme"),
-        ("", "unknown proxy scheme none"),
+        ("127.0.0.1:1080", "the proxy URL has no scheme; start it with one of socks5://, socks5h://"),
+        ("alice-secret:pw@127.0.0.1:1080", "the proxy URL has no scheme"),
+        ("", "the proxy URL has no scheme"),
+        ("://127.0.0.1:1080", "unknown proxy scheme none"),
         ("socks5://127.0.0.1", "has no port"),
         ("socks5://127.0.0.1:0", "not a number from 1 to 65535"),
         ("socks5://127.0.0.1:65536", "not a number from 1 to 65535"),

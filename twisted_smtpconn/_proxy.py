@@ -185,6 +185,11 @@ def parse_proxy(value: object) -> ProxySettings | None:
         raise TypeError(f"proxy must be a URL string such as 'socks5://host:1080', not {type(value).__name__}")
     if any(ord(char) < 0x21 or ord(char) == 0x7F for char in value):
         raise ValueError("the proxy URL contains spaces or control characters")
+    known = ", ".join(f"{name}://" for name in PROXY_SCHEMES)
+    if "://" not in value:
+        # Without it, urlsplit would take "user:password@host" for a scheme
+        # and a path, and an error quoting that "scheme" would show the user.
+        raise ValueError(f"the proxy URL has no scheme; start it with one of {known}")
     try:
         parts = urlsplit(value)
     except ValueError as error:
@@ -193,7 +198,6 @@ def parse_proxy(value: object) -> ProxySettings | None:
         raise ValueError(f"the proxy URL is not a valid URL: {error}") from None
     scheme = parts.scheme.lower()
     if scheme not in PROXY_SCHEMES:
-        known = ", ".join(f"{name}://" for name in PROXY_SCHEMES)
         shown = f"{scheme}://" if scheme else "none"
         raise ValueError(f"unknown proxy scheme {shown}; use one of {known}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
