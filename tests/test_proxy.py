@@ -734,6 +734,32 @@ async def test_cancel_before_tcp_to_the_proxy_is_up(scripted: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_cancel_while_resolving_the_name(scripted: Any) -> None:
+    async def proxy(peer: Peer) -> None:
+        raise ScriptMismatch("a cancelled attempt connected to the proxy")
+
+    server = scripted(proxy)
+    d = endpoint_for(server, "socks5", "localhost").connect(Factory.forProtocol(Recording))
+    d.cancel()  # the name is being resolved in a thread
+    with pytest.raises(CancelledError):
+        await d
+    # The resolution still finishes (a resolver thread cannot be stopped);
+    # what it finds must not start a connection.  "localhost" resolves from
+    # /etc/hosts well within this pause.
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor(), 0.5, lambda: None)
+    assert server.peers == []
+
+
+def test_repr_of_the_endpoint_hides_credentials() -> None:
+    settings = parse_proxy("http://alice:hunter2secret@127.0.0.1:3128")
+    assert settings is not None
+    endpoint = proxy_endpoint(reactor(), settings, "mail.example.test", 587, timeout=5)
+    assert repr(endpoint) == "<proxy endpoint to mail.example.test:587 through http://127.0.0.1:3128>"
+
+
+@pytest_twisted.ensureDeferred
 async def test_proxy_that_is_not_listening() -> None:
     port = free_port()
     conn = proxied_connection(f"http://127.0.0.1:{port}", "127.0.0.1", SERVER_PORT)
