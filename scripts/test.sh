@@ -6,7 +6,9 @@
 # Works on a fresh Debian machine that has only Python 3:
 #
 #  1. as root, installs the real servers the tests drive (postfix,
-#     dovecot-core) with apt-get; as another user it says so and skips this;
+#     dovecot-core, and the proxies dante-server and tinyproxy) with apt-get,
+#     with service starts forbidden so that no packaged daemon listens; as
+#     another user it says so and skips this;
 #  2. creates .venv (python3 -m venv) unless it exists;
 #  3. builds the wheel and installs it, not editable, with the test, docs, ntlm and
 #     bench extras, and checks that the wheel holds every module of the tree;
@@ -33,7 +35,7 @@ step() {
 }
 
 # -- 1. system packages ------------------------------------------------------
-apt_packages=(postfix dovecot-core time)
+apt_packages=(postfix dovecot-core dante-server tinyproxy time)
 if ! "$python" -c "import ensurepip" >/dev/null 2>&1; then
     # Debian's python3 ships venv's pip bootstrap separately.
     apt_packages+=(python3-venv)
@@ -45,8 +47,20 @@ all_installed() {
         [[ $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null) == "install ok installed" ]] || return 1
     done
 }
+packaged_proxy_daemons() {
+    # PIDs of tinyproxy/danted running with the packages' configuration: the
+    # test fixtures always name their own file (-c / -f), the services never.
+    local pid args
+    for pid in $(pgrep -x 'tinyproxy|danted' || true); do
+        args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+        [[ -n $args ]] || continue # a zombie: nothing left to stop
+        if [[ " $args" != *" -c "* && " $args" != *" -f "* ]]; then
+            echo "$pid"
+        fi
+    done
+}
 if [[ $(id -u) -ne 0 ]]; then
-    echo "not root: skipping apt-get; install ${apt_packages[*]} yourself for the Postfix tests"
+    echo "not root: skipping apt-get; install ${apt_packages[*]} yourself for the Postfix and proxy tests"
 elif ! command -v apt-get >/dev/null 2>&1; then
     echo "no apt-get on this machine: skipping; install ${apt_packages[*]} yourself"
 elif all_installed "${apt_packages[@]}"; then
@@ -56,8 +70,39 @@ else
     # system this is; "No configuration" leaves it unconfigured and stopped,
     # and the tests configure their own instances.
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    # The packages' maintainer scripts would start their system services
+    # (tinyproxy on port 8888 of every interface, danted...); the tests only
+    # run private instances.  invoke-rc.d and deb-systemd-invoke ask
+    # policy-rc.d first, and 101 means "not allowed": nothing starts.  An
+    # existing policy-rc.d is put back afterwards, ours removed.
+    policy=/usr/sbin/policy-rc.d
+    policy_saved="$policy.smtpconn-saved"
+    restore_policy() {
+        if [[ -e $policy_saved ]]; then
+            mv -f "$policy_saved" "$policy"
+        else
+            rm -f "$policy"
+        fi
+    }
+    if [[ -e $policy ]]; then
+        mv -f "$policy" "$policy_saved"
+    fi
+    trap restore_policy EXIT
+    printf '#!/bin/sh\n# scripts/test.sh: no service starts during its apt-get install\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    daemons_before=$(packaged_proxy_daemons)
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${apt_packages[@]}"
+    restore_policy
+    trap - EXIT
+    # Should a maintainer script have started a proxy daemon anyway, stop
+    # exactly that one (by PID), never one that was running before.
+    for pid in $(packaged_proxy_daemons); do
+        if ! grep -qxw "$pid" <<<"$daemons_before"; then
+            echo "stopping $(tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null || echo "PID $pid"), started by the install"
+            kill "$pid" 2>/dev/null || true
+        fi
+    done
 fi
 
 # -- 2. virtualenv -----------------------------------------------------------

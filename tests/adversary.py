@@ -362,9 +362,9 @@ class ScriptedServer:
     def port(self) -> int:
         return int(self._port.getHost().port)
 
-    def start(self) -> int:
-        """Listen on a free port of 127.0.0.1 and return it."""
-        self._port = self.reactor.listenTCP(0, _ScenarioFactory(self), interface="127.0.0.1")
+    def start(self, interface: str = "127.0.0.1") -> int:
+        """Listen on a free port of ``interface`` (127.0.0.1 or ::1) and return it."""
+        self._port = self.reactor.listenTCP(0, _ScenarioFactory(self), interface=interface)
         return self.port
 
     def _started(self, peer: Peer) -> None:

@@ -25,6 +25,7 @@ from realservers.required import real_server_unavailable
 if TYPE_CHECKING:
     from realservers.aiosmtpd_peer import AiosmtpdServer
     from realservers.postfix_peer import PostfixRelay, SmtpSink
+    from realservers.proxy_peers import ProxyProcess
 
 #: Upper bound on how long the leak check lets the reactor finish closing
 #: connections and firing short timers before it reports what is left.
@@ -263,3 +264,78 @@ def make_smtp_sink() -> Iterator[Callable[..., SmtpSink]]:
 def smtp_sink(make_smtp_sink: Callable[..., SmtpSink]) -> SmtpSink:
     """A running smtp-sink with default options (PIPELINING, 8BITMIME, DSN)."""
     return make_smtp_sink()
+
+
+# -- real proxies -------------------------------------------------------------
+
+
+def _dante_or_skip() -> None:
+    from realservers.proxy_peers import dante_unavailable_reason
+
+    reason = dante_unavailable_reason()
+    if reason is not None:
+        real_server_unavailable(reason)
+
+
+@pytest.fixture(scope="session")
+def dante_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """
+    A private Dante (SOCKS4a and SOCKS5, no authentication) on 127.0.0.1,
+    relaying to 127.0.0.0/8 except 127.0.0.1 port ``blocked_port``, which it
+    refuses (SOCKS5 reply 0x02).  Stopped by PID at the end of the session.
+    """
+    _dante_or_skip()
+    from realservers.ports import free_port
+    from realservers.proxy_peers import start_dante
+
+    proxy = start_dante(tmp_path_factory.mktemp("dante"), blocked_port=free_port())
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def dante_auth_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """
+    A private Dante that wants RFC 1929 username/password; ``credentials``
+    are those of a system user created for the session (Dante checks system
+    users) and deleted afterwards.
+    """
+    _dante_or_skip()
+    from realservers.proxy_peers import create_system_user, start_dante
+
+    user = create_system_user()
+    try:
+        proxy = start_dante(tmp_path_factory.mktemp("dante-auth"), username_auth=True)
+        proxy.credentials = (user.name, user.password)
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
+    finally:
+        user.remove()
+
+
+@pytest.fixture
+def make_tinyproxy(tmp_path: Any) -> Iterator[Callable[..., ProxyProcess]]:
+    """
+    Factory: ``make_tinyproxy(connect_ports=[...], basic_auth=None)`` starts a
+    private tinyproxy (HTTP CONNECT) on 127.0.0.1 that allows CONNECT to the
+    given ports only; stopped by PID at teardown.
+    """
+    from realservers.proxy_peers import start_tinyproxy, tinyproxy_unavailable_reason
+
+    reason = tinyproxy_unavailable_reason()
+    if reason is not None:
+        real_server_unavailable(reason)
+    started: list[ProxyProcess] = []
+
+    def make(**options: Any) -> ProxyProcess:
+        proxy = start_tinyproxy(tmp_path, **options)
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in reversed(started):
+        proxy.stop()
