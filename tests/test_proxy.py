@@ -59,18 +59,9 @@ def has_ipv6_loopback() -> bool:
 
 
 def proxied_connection(proxy: str, host: str, port: int, **options: Any) -> SMTPConnection:
-    """
-    An SMTPConnection to ``host:port`` through ``proxy``.
-
-    The one place that knows how a proxy is given to the connection: today
-    through ``endpoint=proxy_endpoint(...)``; once the connection takes the
-    ``proxy=`` keyword itself this becomes
-    ``SMTPConnection(host, port, proxy=proxy, **options)``.
-    """
-    settings = parse_proxy(proxy)
-    assert settings is not None
-    endpoint = proxy_endpoint(reactor(), settings, host, port, timeout=GUARD)
-    return SMTPConnection(host, port, endpoint=endpoint, **options)
+    """An SMTPConnection to ``host:port`` through ``proxy`` (the ``proxy=`` keyword)."""
+    options.setdefault("connection_timeout", GUARD)
+    return SMTPConnection(host, port, proxy=proxy, **options)
 
 
 def unique_message(note: str = "") -> tuple[str, bytes]:
@@ -984,3 +975,42 @@ async def test_tinyproxy_port_not_allowed(make_tinyproxy: Any, aiosmtpd_server: 
         "HTTP/1.1 403 Access violation"
     )
     assert aiosmtpd_server.messages == ()
+
+
+# -- the proxy= keyword ----------------------------------------------------------------
+
+
+def test_proxy_keyword_is_checked_at_construction() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    clock = MemoryReactorClock()
+    with pytest.raises(ValueError, match="without endpoint or connection"):
+        SMTPConnection("mail.example", 25, proxy="socks5://127.0.0.1:1080", endpoint=object.__new__(_Endpoint), reactor=clock)
+    with pytest.raises(ValueError):
+        SMTPConnection("mail.example", 25, proxy="ftp://127.0.0.1:21", reactor=clock)
+    with pytest.raises(TypeError):
+        SMTPConnection("mail.example", 25, proxy=1080, reactor=clock)  # type: ignore[arg-type]
+    conn = SMTPConnection("mail.example", 25, proxy="http://user:s3cretpw@127.0.0.1:3128", reactor=clock)
+    assert "s3cretpw" not in repr(conn._options)  # type: ignore[attr-defined]
+
+
+class _Endpoint:
+    def connect(self, factory: Any) -> Any:  # pragma: no cover - never connected
+        raise AssertionError("not used")
+
+
+def test_password_auth_through_a_proxy_to_a_remote_host_needs_tls() -> None:
+    """A proxy on loopback does not make the server local: cleartext AUTH is refused."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_smtpconn._auth import connection_is_local
+
+    conn = SMTPConnection("mail.example", 25, proxy="socks5://127.0.0.1:1080", reactor=MemoryReactorClock())
+
+    class _Peer:
+        def getPeer(self) -> Any:
+            from twisted.internet.address import IPv4Address
+
+            return IPv4Address("TCP", "127.0.0.1", 1080)
+
+    assert not connection_is_local(conn._options, _Peer())  # type: ignore[attr-defined]

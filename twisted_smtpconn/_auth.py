@@ -294,8 +294,9 @@ def connection_is_local(options: ConnectionOptions, transport: Any) -> bool:
     Whether the server is on this machine, so that cleartext never leaves it.
 
     The transport's peer decides: a loopback address or a UNIX socket.  When
-    a custom ``endpoint`` is used the peer may be a proxy that relays to
-    ``host`` elsewhere, so ``host`` must name loopback as well.
+    a custom ``endpoint`` or a ``proxy`` is used the peer may be a proxy
+    that relays to ``host`` elsewhere, so ``host`` must name loopback as
+    well.
     """
     peer = None
     if transport is not None:
@@ -311,7 +312,7 @@ def connection_is_local(options: ConnectionOptions, transport: Any) -> bool:
         peer_local = False
     if not peer_local:
         return False
-    return options.endpoint is None or _is_loopback_name(options.host)
+    return (options.endpoint is None and options.proxy is None) or _is_loopback_name(options.host)
 
 
 # -- the exchange ------------------------------------------------------------------------

@@ -91,6 +91,7 @@ class SMTPConnection:
         lmtp: bool = False,
         reactor: Any = None,
         prefer_data: bool = False,
+        proxy: str | None = None,
     ) -> None:
         self._options: ConnectionOptions = validate_options(
             host=host,
@@ -112,6 +113,7 @@ class SMTPConnection:
             connection=connection,
             lmtp=lmtp,
             prefer_data=prefer_data,
+            proxy=proxy,
         )
         reactor = default_reactor(reactor)
         self._reactor = reactor

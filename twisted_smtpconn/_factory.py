@@ -5,8 +5,9 @@ protocol, and the code that opens a transport for it.
 
 Connections go through Twisted endpoints: a TCP endpoint (for a host name,
 :class:`HostnameEndpoint`, which tries every address of the host; for an IP
-literal, a plain TCP endpoint, with no trip to the resolver's thread), an
-endpoint the caller gave, or an adopted socket.  Through endpoints
+literal, a plain TCP endpoint, with no trip to the resolver's thread), a
+proxy's tunnel (:mod:`._proxy`), an endpoint the caller gave, or an adopted
+socket.  Through endpoints
 ``clientConnectionFailed`` is never called: failures arrive on the
 endpoint's Deferred, so the factory only builds protocols.
 
@@ -33,6 +34,7 @@ from ._errors import ConnectionFailedError, SMTPConnectionError, SMTPTimeoutErro
 from ._logging import WireLog
 from ._options import ConnectionOptions
 from ._protocol import SMTPClientProtocol
+from ._proxy import proxy_endpoint
 
 __all__ = ["SMTPClientFactory", "open_protocol"]
 
@@ -94,6 +96,8 @@ def _endpoint_for(reactor: Any, options: ConnectionOptions) -> Any:
         return options.endpoint
     bind = (options.local_address, 0) if options.local_address else None
     timeout = options.connection_timeout + _ENDPOINT_GRACE
+    if options.proxy is not None:
+        return proxy_endpoint(reactor, options.proxy, options.host, options.port, timeout=timeout, bind_address=bind)
     version = _ip_version(options.host)
     if version == 4:
         return TCP4ClientEndpoint(reactor, options.host, options.port, timeout=timeout, bindAddress=bind)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._commands import validate_client_name
+from ._proxy import ProxySettings, parse_proxy
 
 __all__ = ["ConnectionOptions", "TLS_SETTING_KEYS", "validate_options", "default_reactor"]
 
@@ -51,6 +52,8 @@ class ConnectionOptions:
     lmtp: bool
     #: Send with DATA even when the server offers CHUNKING (BDAT).
     prefer_data: bool = False
+    #: The proxy to tunnel through (its password hidden from repr).
+    proxy: ProxySettings | None = None
 
 
 def _check_bool(option: str, value: object) -> bool:
@@ -160,6 +163,7 @@ def validate_options(
     connection: object,
     lmtp: object,
     prefer_data: object = False,
+    proxy: object = None,
 ) -> ConnectionOptions:
     """
     Check every option and return them normalised.
@@ -187,6 +191,9 @@ def validate_options(
         raise TypeError(f"connection must be a connected socket.socket, not {type(connection).__name__}")
     if endpoint is not None and connection is not None:
         raise ValueError("give either endpoint or connection, not both")
+    proxy_settings = parse_proxy(proxy)
+    if proxy_settings is not None and (endpoint is not None or connection is not None):
+        raise ValueError("proxy goes through its own TCP connection: give it without endpoint or connection")
     return ConnectionOptions(
         host=checked_host.strip("[]") if ":" in checked_host else checked_host,
         port=_check_port(port, secure_b),
@@ -207,6 +214,7 @@ def validate_options(
         connection=connection,
         lmtp=_check_bool("lmtp", lmtp),
         prefer_data=_check_bool("prefer_data", prefer_data),
+        proxy=proxy_settings,
     )
 
 
