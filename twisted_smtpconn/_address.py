@@ -127,8 +127,10 @@ def mailbox_problem(address: str, *, postmaster: bool = False) -> str | None:
     :param postmaster: accept the bare ``Postmaster`` (any case), the one
         recipient RFC 5321 4.1.1.3 allows without a domain.
     """
-    match = _NAME_ADDR.match(address)
-    if match is not None or "<" in address or ">" in address:
+    quoted_end = _quoted_end(address) if address.startswith('"') else None
+    unquoted = address if quoted_end is None else address[quoted_end + 1 :]
+    if "<" in unquoted or ">" in unquoted:
+        match = _NAME_ADDR.match(address)
         inner = match.group(1).strip() if match is not None else ""
         example = repr(inner) if inner else "'a@example.com'"
         return f"is not a bare address: give the bare address {example}, not 'Name <a@b>'"
