@@ -29,7 +29,7 @@ import re
 
 import idna
 
-__all__ = ["mailbox_problem", "split_mailbox", "ascii_domain_address"]
+__all__ = ["mailbox_problem", "split_mailbox", "ascii_domain_address", "is_dot_atom"]
 
 #: RFC 5322 atext, plus every non-ASCII character (RFC 6531 UTF8-non-ascii;
 #: controls and lone surrogates are refused before this is used).
@@ -62,6 +62,11 @@ def _quoted_end(address: str) -> int | None:
             return index
         index += 1
     return None
+
+
+def is_dot_atom(local: str) -> bool:
+    """Whether ``local`` is a dot-atom: atoms (UTF-8 allowed) joined by single dots."""
+    return all(_ATOM.fullmatch(part) for part in local.split("."))
 
 
 def split_mailbox(address: str) -> tuple[str, str]:
@@ -156,7 +161,7 @@ def mailbox_problem(address: str, *, postmaster: bool = False) -> str | None:
             return "has no '@': give a full address such as 'user@example.com'"
         if not local:
             return "has an empty local part before '@'"
-        if not all(_ATOM.fullmatch(part) for part in local.split(".")):
+        if not is_dot_atom(local):
             return (
                 f"has a local part {local!r} that is neither a dot-atom nor a quoted string "
                 "(a leading, trailing or doubled dot, or one of ()<>[]:;@\\,\" outside quotes): "

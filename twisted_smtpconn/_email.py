@@ -38,6 +38,7 @@ from email.message import Message
 from email.parser import BytesParser
 from typing import Any
 
+from ._address import is_dot_atom
 from ._envelope import Envelope
 from ._errors import EnvelopeError, MessageError
 
@@ -131,8 +132,21 @@ def _addresses(values: Iterable[Any]) -> list[str]:
         parsed: Sequence[Address] | None = getattr(value, "addresses", None)
         if parsed is None:
             parsed = email.policy.default.header_factory("to", str(value)).addresses
-        found.extend(address.addr_spec for address in parsed if address.addr_spec not in ("", "<>"))
+        found.extend(_addr_spec(address) for address in parsed if address.addr_spec not in ("", "<>"))
     return found
+
+
+def _addr_spec(address: Address) -> str:
+    """
+    The address as an envelope address.  ``Address.addr_spec`` quotes a
+    local part only when it holds special characters, not when it is an
+    invalid dot-atom such as ``a..b``; the envelope needs it quoted.
+    """
+    local = address.username
+    if local and not is_dot_atom(local):
+        escaped = local.replace("\\", "\\\\").replace('"', '\\"')
+        local = f'"{escaped}"'
+    return f"{local}@{address.domain}" if address.domain else local
 
 
 def _field_values(message: Message) -> tuple[str, Callable[[str], list[Any]]]:
