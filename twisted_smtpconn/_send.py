@@ -13,9 +13,9 @@ returned Deferred fires, so nothing is left behind in the reactor.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 
 from ._auth import Auth, coerce_auth
 from ._connection import SMTPConnection
@@ -25,6 +25,8 @@ from ._errors import SMTPConnectionError
 from ._sendinfo import SendInfo
 
 __all__ = ["send"]
+
+_T = TypeVar("_T")
 
 #: Keywords of send() that belong to the envelope rather than the connection.
 _ENVELOPE_OPTIONS = frozenset({"size", "use_8bit_mime", "dsn", "smtputf8"})
@@ -89,22 +91,51 @@ async def _run(
     rcpt_to: str | list[str],
     auth: Auth | None,
 ) -> SendInfo:
+    steps = _Steps()
     try:
-        await connection.connect()
+        await steps.watch(connection.connect())
         if auth is not None:
-            await connection.login(auth)
-        info = await connection.send_message(message, mail_from=mail_from, rcpt_to=rcpt_to)
-    except BaseException:
+            await steps.watch(connection.login(auth))
+        info = await steps.watch(connection.send_message(message, mail_from=mail_from, rcpt_to=rcpt_to))
+    except BaseException as error:
         await _close(connection)
+        if steps.cancelled and not isinstance(error, CancelledError):
+            # The step reported the cancellation in its own terms (a
+            # connect cancelled is "could not connect"); the caller asked
+            # for a cancellation and gets one.
+            raise CancelledError("send() was cancelled") from error
         raise
     try:
-        await connection.quit()
-    except SMTPConnectionError:
-        # The message was accepted: a QUIT that fails does not undo that,
-        # and reporting an error would invite a duplicate resend.
+        await steps.watch(connection.quit())
+    except (SMTPConnectionError, CancelledError):
+        # The message was accepted: a QUIT that fails (or is cancelled)
+        # does not undo that, and reporting an error would invite a
+        # duplicate resend.
         pass
     await _close(connection)
     return info
+
+
+class _Steps:
+    """
+    Notes whether the caller cancelled while a step was awaited.
+
+    Cancelling the Deferred of :func:`send` cancels the step it is waiting
+    for; each step is awaited through a Deferred whose canceller records
+    that before passing the cancellation on.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def watch(self, step: Deferred[_T]) -> Deferred[_T]:
+        def cancel(_: Deferred[_T]) -> None:
+            self.cancelled = True
+            step.cancel()
+
+        watched: Deferred[_T] = Deferred(cancel)
+        step.chainDeferred(watched)
+        return watched
 
 
 async def _close(connection: SMTPConnection) -> None:
