@@ -16,6 +16,7 @@ whatever fails, cancellation included.
 from __future__ import annotations
 
 import email.policy
+import os
 import random
 import ssl
 import uuid
@@ -408,3 +409,44 @@ async def test_cancelling_send_closes_the_connection() -> None:
     finally:
         await port.stopListening()
 
+
+
+# -- the documented example ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("password", ["Build-Pw-1", "wrong"])
+@pytest_twisted.ensureDeferred
+async def test_docs_example_send_email_message(make_aiosmtpd: Callable[..., Any], tmp_path: Any, password: str) -> None:
+    """docs/examples/send_email_message.py, run as written, against aiosmtpd with STARTTLS and AUTH."""
+    import sys
+    from pathlib import Path
+
+    from twisted.internet import utils
+
+    context, ca_pem, _ = starttls_context()
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(ca_pem)
+    attachment = tmp_path / "log.gz"
+    attachment.write_bytes(ATTACHMENT)
+    server = make_aiosmtpd(
+        tls_context=context, require_starttls=True, authenticator=authenticator, auth_require_tls=True, auth_required=True
+    )
+    root = Path(__file__).resolve().parent.parent
+    script = root / "docs" / "examples" / "send_email_message.py"
+    package_root = str(Path(twisted_smtpconn.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    args = [str(script), "127.0.0.1", str(server.port), str(ca_file), "builder", password, str(attachment)]
+    out, err, code = await guard(utils.getProcessOutputAndValue(sys.executable, args, env=env))
+    if password == "wrong":
+        assert code == 1 and b"not sent (EAUTH)" in err, (out, err)
+        assert server.recorder.messages == ()
+        return
+    assert code == 0, (out, err)
+    assert b"accepted for dev@example.test, zoe@example.test, qa@example.test, audit@example.test" in out
+    [received] = server.recorder.wait_for(1)
+    assert received.tls and received.authenticated
+    assert b"audit@" not in received.content
+    parsed = BytesParser(policy=email.policy.default).parsebytes(received.content)
+    assert parsed["Subject"] == "Build ✓ succeeded — Grüße"
+    [part] = list(parsed.iter_attachments())
+    assert part.get_content() == ATTACHMENT
