@@ -7,6 +7,8 @@ the address, internationalised domains sent as A-labels without SMTPUTF8
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twisted_smtpconn import DSN, Envelope, EnvelopeError, TLSError
 from twisted_smtpconn._address import ascii_domain_address, mailbox_problem, split_mailbox
@@ -241,3 +243,36 @@ def test_check_require_tls() -> None:
     check_require_tls(demanding, {"requiretls": ""}, tls_verified=True)
     # Nothing asked, nothing checked.
     check_require_tls(Envelope("a@x.org", "b@x.org"), PLAIN, tls_verified=False)
+
+
+# -- properties ------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.emails())
+def test_hypothesis_emails_are_valid_and_render_on_one_line(address: str) -> None:
+    """Hypothesis' own RFC 5322 address generator agrees with the checker."""
+    local = address.rpartition("@")[0]
+    if len(local.encode()) > 64 or len(address.encode()) > 254:
+        return
+    envelope = Envelope(address, address)
+    line = rcpt_to_command(envelope.rcpt_to[0], None, PLAIN, smtputf8=False)
+    assert line == b"RCPT TO:<" + address.encode("ascii") + b">"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=80))
+def test_any_text_is_accepted_or_refused_with_envelope_error(text: str) -> None:
+    """Nothing raises but EnvelopeError, and what is accepted renders as one line."""
+    try:
+        envelope = Envelope("a@x.org", text)
+    except EnvelopeError:
+        return
+    for smtputf8, extensions in ((True, UTF8), (False, PLAIN)):
+        try:
+            line = rcpt_to_command(envelope.rcpt_to[0], None, extensions, smtputf8=smtputf8)
+        except EnvelopeError as error:
+            assert not smtputf8 and "SMTPUTF8 is not used" in str(error)
+            continue
+        assert b"\r" not in line and b"\n" not in line and b"\x00" not in line
+        assert line.count(b"<") == 1 or '"' in text

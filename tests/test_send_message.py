@@ -450,3 +450,59 @@ async def test_docs_example_send_email_message(make_aiosmtpd: Callable[..., Any]
     assert parsed["Subject"] == "Build ✓ succeeded — Grüße"
     [part] = list(parsed.iter_attachments())
     assert part.get_content() == ATTACHMENT
+
+
+# -- the server's extensions decide the encoding (byte-exact) --------------------------------
+
+
+def _eight_bit_message() -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "a@x.org"
+    message["To"] = "b@x.org"
+    message["Subject"] = "8bit"
+    message.set_content("Grüße\n.\n")
+    return message
+
+
+def test_send_message_to_a_server_without_8bitmime_goes_seven_bit() -> None:
+    wire = Wire()
+    wire.connect(b"250-server.example\r\n250 PIPELINING\r\n")
+    d = wire.conn.send_message(_eight_bit_message())
+    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    wire.server(b"250 queued\r\n")
+    info = result(d)
+    sent = wire.client()
+    assert sent.startswith(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
+    data = sent.split(b"DATA\r\n", 1)[1]
+    # The email package re-encodes the UTF-8 text part (base64 for utf-8).
+    assert data.isascii() and b"Content-Transfer-Encoding: base64\r\n" in data
+    assert data.endswith(b"\r\n.\r\n")
+    parsed = BytesParser(policy=email.policy.default).parsebytes(data[: -len(b".\r\n")])
+    assert parsed.get_content().replace("\r\n", "\n") == "Grüße\n.\n"
+    assert info.message_size == len(data) - len(b".\r\n")
+
+
+def test_send_message_with_8bitmime_sends_body_8bitmime_and_size() -> None:
+    wire = Wire()
+    wire.connect(b"250-server.example\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n")
+    d = wire.conn.send_message(_eight_bit_message())
+    wire.server(b"250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n")
+    info = result(d)
+    sent = wire.client()
+    assert sent.split(b"\r\n", 1)[0] == b"MAIL FROM:<a@x.org> SIZE=%d BODY=8BITMIME" % info.message_size
+    # 8-bit as it is, and the lone "." line dot-stuffed by the transport.
+    assert "\r\n\r\nGrüße\r\n..\r\n.\r\n".encode() in sent
+
+
+def test_send_message_with_utf8_headers_to_a_server_without_smtputf8() -> None:
+    wire = Wire()
+    wire.connect()
+    message = EmailMessage(policy=email.policy.SMTPUTF8)
+    message["From"] = "a@x.org"
+    message["To"] = "b@x.org"
+    message["Subject"] = "Grüße"
+    message.set_content("x\n")
+    err = failure(wire.conn.send_message(message))
+    assert isinstance(err, twisted_smtpconn.MessageError) and err.code == "EMESSAGE"
+    assert "need SMTPUTF8" in str(err)
+    assert wire.client() == b""
