@@ -1,13 +1,16 @@
 """
 The envelope of one message: sender, recipients and the ESMTP options that
-go with them (SIZE, BODY=8BITMIME, SMTPUTF8, DSN).
+go with them (SIZE, BODY=8BITMIME, SMTPUTF8, DSN, REQUIRETLS).
 
 An :class:`Envelope` is checked completely when it is built, so that an
 unusable one fails with ``EENVELOPE`` before anything is sent, never half
 way through a transaction.  The checks that matter most are the ones that
 keep every value inside its command line: an address or DSN value with a
 CR, LF or NUL would otherwise let a caller's input (often a web form's) end
-our ``MAIL FROM`` and start commands of its own.
+our ``MAIL FROM`` and start commands of its own.  Addresses must also be
+RFC 5321 mailboxes (:mod:`twisted_smtpconn._address`), so that ``"a@x,b@x"``
+or ``"Name <a@b>"`` fail here with advice rather than at the server with a
+501.
 
 Wrong *types* (``size="x"``, ``rcpt_to=5``) are programming errors and raise
 ``TypeError``; unusable *values* raise
