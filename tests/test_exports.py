@@ -41,6 +41,7 @@ PUBLIC_NAMES = [
     "SocketError",
     "StreamError",
     "TLSError",
+    "send",
 ]
 
 #: Where each public name is defined.
@@ -58,6 +59,7 @@ DEFINED_IN = {
     "SMTPConnection": "twisted_smtpconn._connection",
     "SMTPConnectionError": "twisted_smtpconn._errors",
     "SMTPPool": "twisted_smtpconn._pool",
+    "send": "twisted_smtpconn._send",
     "SMTPTimeoutError": "twisted_smtpconn._errors",
     "SendInfo": "twisted_smtpconn._sendinfo",
     "SendTrace": "twisted_smtpconn._pool",

@@ -11,6 +11,7 @@ assignment to an annotated variable below is a claim mypy checks.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from email.message import EmailMessage
 from typing import BinaryIO
 
 from twisted.internet.defer import Deferred, succeed
@@ -34,6 +35,7 @@ from twisted_smtpconn import (
     SocketError,
     StreamError,
     TLSError,
+    send,
 )
 
 
@@ -183,3 +185,22 @@ async def bulk(reactor: IReactorTCP, password: str) -> list[SendInfo]:
 
 def drop(conn: SMTPConnection) -> None:
     conn.close()
+
+
+async def email_objects(conn: SMTPConnection, pool: SMTPPool, reactor: IReactorTCP) -> list[SendInfo]:
+    message = EmailMessage()
+    message["From"] = "Me <me@example.test>"
+    message["To"] = "you@example.test"
+    message["Bcc"] = "hidden@example.test"
+    message.set_content("hello")
+    from_headers: Deferred[SendInfo] = conn.send_message(message)
+    given: Deferred[SendInfo] = conn.send_message(
+        message, mail_from="", rcpt_to=["you@example.test"], dsn=DSN(notify="NEVER"), require_tls=True
+    )
+    one_call: Deferred[SendInfo] = send(
+        message, host="smtp.example.test", port=587, auth=Auth(user="me", password="pw"), reactor=reactor
+    )
+    required: Envelope = Envelope("me@example.test", "you@example.test", require_tls=True)
+    demanded: bool = required.require_tls
+    print(demanded)
+    return [await from_headers, await given, await one_call, await pool.send_message(b"From: a@b.test\r\n\r\nx")]

@@ -53,12 +53,14 @@ from ._errors import (
 )
 from ._oauth2 import OAuth2Token, OAuth2TokenProvider
 from ._pool import SendTrace, SMTPPool
+from ._send import send
 from ._sendinfo import SendInfo
 
 __all__ = [
     "SMTPConnection",
     "SMTPPool",
     "SendTrace",
+    "send",
     "Auth",
     "Envelope",
     "DSN",

@@ -1,7 +1,14 @@
 """
 Rendering of the command lines whose arguments come from outside: the
-hello, ``MAIL FROM`` and ``RCPT TO``; and the one place where a command is
-turned into loggable text with its credentials hidden.
+hello, ``MAIL FROM`` and ``RCPT TO``; the checks that decide, before MAIL,
+whether the transaction can be sent at all (SMTPUTF8, REQUIRETLS); and the
+one place where a command is turned into loggable text with its credentials
+hidden.
+
+An internationalised domain is written as A-labels (IDNA, ``xn--``) when
+the transaction does not use SMTPUTF8, so that ``user@bücher.example``
+reaches a server without SMTPUTF8; only a non-ASCII *local part* needs
+SMTPUTF8.
 
 Commands are returned as ``bytes`` without the final CRLF.  The values in
 them were already checked (:mod:`twisted_smtpconn._envelope`,
@@ -20,14 +27,16 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
+from ._address import ascii_domain_address
 from ._envelope import DSN, Envelope, check_address
-from ._errors import EnvelopeError
+from ._errors import EnvelopeError, TLSError
 from ._xtext import xtext_encode
 
 __all__ = [
     "validate_client_name",
     "ehlo_command",
     "use_smtputf8",
+    "check_require_tls",
     "mail_from_command",
     "rcpt_to_command",
     "redact_auth_command",
@@ -115,38 +124,79 @@ def use_smtputf8(envelope: Envelope, extensions: Mapping[str, str]) -> bool:
     Whether this transaction uses SMTPUTF8 (RFC 6531).
 
     ``envelope.smtputf8`` ``True`` requires it, ``False`` refuses it, and
-    ``None`` uses it exactly when an address is non-ASCII.
+    ``None`` uses it when an address is non-ASCII and the server offers it.
+    Without SMTPUTF8 a non-ASCII domain goes as A-labels; only a non-ASCII
+    local part has no ASCII form and cannot be sent.
 
-    :raises EnvelopeError: SMTPUTF8 is needed or required but the server
-        does not offer it, or it is refused but an address is non-ASCII.
+    :raises EnvelopeError: SMTPUTF8 is needed (a non-ASCII local part) or
+        required but the server does not offer it, or it is refused but a
+        local part is non-ASCII.
     """
     offered = _offers(extensions, "SMTPUTF8")
     needed = envelope.needs_smtputf8
     if envelope.smtputf8 is False:
         if needed:
             raise EnvelopeError(
-                f"smtputf8 is False but an address is not ASCII: "
-                f"{[envelope.mail_from, *envelope.rcpt_to]!r}"
+                f"smtputf8 is False but the local part of an address is not ASCII: "
+                f"{_non_ascii_locals(envelope)!r}"
             )
         return False
-    wanted = True if envelope.smtputf8 else needed
-    if wanted and not offered:
-        if envelope.smtputf8:
+    if envelope.smtputf8:
+        if not offered:
             raise EnvelopeError("smtputf8 is True but the server does not offer SMTPUTF8")
+        return True
+    if needed and not offered:
         raise EnvelopeError(
-            "the server does not offer SMTPUTF8, needed for the non-ASCII address(es): "
-            f"{[a for a in (envelope.mail_from, *envelope.rcpt_to) if not a.isascii()]!r}"
+            "the server does not offer SMTPUTF8, needed for the non-ASCII local part(s) of: "
+            f"{_non_ascii_locals(envelope)!r}"
         )
-    return wanted
+    return offered and envelope.has_non_ascii
 
 
-def _encode(text: str, smtputf8: bool, field: str) -> bytes:
+def _non_ascii_locals(envelope: Envelope) -> list[str]:
+    """The addresses that have no ASCII form (a non-ASCII local part)."""
+    return [
+        address for address in (envelope.mail_from, *envelope.rcpt_to) if not ascii_domain_address(address).isascii()
+    ]
+
+
+def check_require_tls(envelope: Envelope, extensions: Mapping[str, str], *, tls_verified: bool) -> None:
+    """
+    Refuse, before MAIL, a REQUIRETLS transaction (RFC 8689) that this
+    session cannot honour.
+
+    RFC 8689 section 4.1 lets a client send REQUIRETLS only over TLS whose
+    certificate it verified, and only to a server that offers the extension;
+    anything else would silently downgrade the sender's demand, so the send
+    fails instead.  Nothing to check when ``envelope.require_tls`` is false.
+
+    :param tls_verified: the session runs over TLS (implicit or STARTTLS)
+        and the server's certificate chain and name were verified.
+    :raises TLSError: (``ETLS``) REQUIRETLS is asked for and the session is
+        not verified TLS, or the server does not offer REQUIRETLS.
+    """
+    if not envelope.require_tls:
+        return
+    if not tls_verified:
+        raise TLSError(
+            "require_tls is set but this session is not TLS with a verified certificate "
+            "(REQUIRETLS, RFC 8689, needs one: use STARTTLS or implicit TLS with certificate checks on)"
+        )
+    if not _offers(extensions, "REQUIRETLS"):
+        raise TLSError("require_tls is set but the server does not offer REQUIRETLS (RFC 8689)")
+
+
+def _path(verb: str, address: str, smtputf8: bool, field: str) -> bytes:
+    """
+    ``VERB:<address>`` as bytes: UTF-8 with SMTPUTF8, else ASCII with the
+    domain as A-labels.
+    """
     if smtputf8:
-        return text.encode("utf-8")
+        return f"{verb}:<{address}>".encode("utf-8")
     try:
-        return text.encode("ascii")
-    except UnicodeEncodeError:
-        raise EnvelopeError(f"{field} is not ASCII and SMTPUTF8 is not used: {text!r}") from None
+        return f"{verb}:<{ascii_domain_address(address)}>".encode("ascii")
+    except UnicodeError:
+        raise EnvelopeError(f"{field} is not ASCII and SMTPUTF8 is not used: {address!r}") from None
 
 
 def mail_from_command(envelope: Envelope, extensions: Mapping[str, str], *, body: str | None = None) -> bytes:
@@ -154,13 +204,19 @@ def mail_from_command(envelope: Envelope, extensions: Mapping[str, str], *, body
     ``b"MAIL FROM:<sender>"`` with the parameters the server supports, in
     this order: ``SIZE=`` (SIZE offered and ``envelope.size`` known),
     ``BODY=8BITMIME`` (``envelope.use_8bit_mime`` and 8BITMIME offered),
-    ``SMTPUTF8`` (see :func:`use_smtputf8`), ``RET=`` and ``ENVID=`` (DSN
-    offered).  UTF-8 encoded when SMTPUTF8 is used, else ASCII.
+    ``SMTPUTF8`` (see :func:`use_smtputf8`), ``REQUIRETLS``
+    (``envelope.require_tls``), ``RET=`` and ``ENVID=`` (DSN offered).
+    UTF-8 encoded when SMTPUTF8 is used, else ASCII with an internationalised
+    domain as A-labels.
 
     :param body: a ``BODY=`` value to send instead, e.g. ``"BINARYMIME"``
         for BDAT (RFC 3030); the caller has checked that the server offers
         it.
     :raises EnvelopeError: see :func:`use_smtputf8`.
+    :raises TLSError: ``envelope.require_tls`` and the server does not offer
+        REQUIRETLS (the caller should have run :func:`check_require_tls`
+        first, which also checks the TLS session; this is the last guard
+        against a MAIL that would silently drop the demand).
     :raises ValueError: ``body`` is not a plausible BODY value.
     """
     smtputf8 = use_smtputf8(envelope, extensions)
@@ -179,6 +235,10 @@ def mail_from_command(envelope: Envelope, extensions: Mapping[str, str], *, body
         params.append("BODY=8BITMIME")
     if smtputf8:
         params.append("SMTPUTF8")
+    if envelope.require_tls:
+        if not _offers(extensions, "REQUIRETLS"):
+            raise TLSError("require_tls is set but the server does not offer REQUIRETLS (RFC 8689)")
+        params.append("REQUIRETLS")
     dsn = envelope.dsn
     if dsn is not None and _offers(extensions, "DSN"):
         if dsn.ret is not None:
@@ -188,7 +248,7 @@ def mail_from_command(envelope: Envelope, extensions: Mapping[str, str], *, body
     # Checked again although Envelope did: the envelope may have been built
     # around its checks (object.__setattr__ on a frozen instance).
     address = check_address("mail_from", envelope.mail_from, allow_empty=True)
-    line = _encode(f"MAIL FROM:<{address}>", smtputf8, "mail_from")
+    line = _path("MAIL FROM", address, smtputf8, "mail_from")
     if params:
         line += b" " + " ".join(params).encode("ascii")
     return _guarded(line)
@@ -201,11 +261,11 @@ def rcpt_to_command(address: str, dsn: DSN | None, extensions: Mapping[str, str]
 
     :param smtputf8: whether the transaction uses SMTPUTF8 (the result of
         :func:`use_smtputf8` for its envelope).
-    :raises EnvelopeError: the address is unusable, or non-ASCII without
-        SMTPUTF8.
+    :raises EnvelopeError: the address is unusable, or its local part is
+        non-ASCII without SMTPUTF8 (a non-ASCII domain is sent as A-labels).
     """
-    checked = check_address("rcpt_to", address)
-    line = _encode(f"RCPT TO:<{checked}>", smtputf8, "rcpt_to")
+    checked = check_address("rcpt_to", address, postmaster=True)
+    line = _path("RCPT TO", checked, smtputf8, "rcpt_to")
     params: list[str] = []
     if dsn is not None and _offers(extensions, "DSN"):
         if dsn.notify is not None:

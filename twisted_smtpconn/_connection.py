@@ -456,6 +456,48 @@ class SMTPConnection:
         for d in waiters:
             d.callback(None)
 
+    def send_message(
+        self,
+        message: object,
+        *,
+        mail_from: str | None = None,
+        rcpt_to: str | list[str] | None = None,
+        **envelope_options: Any,
+    ) -> Deferred[SendInfo]:
+        """
+        Send an ``email.message.Message`` (or a ``str``/``bytes`` message,
+        parsed for its headers), its envelope taken from its headers.
+
+        The sender is Sender, else From; the recipients are To, Cc and Bcc
+        (the fields of the most recent Resent block when the message was
+        resent).  Bcc and Resent-Bcc are never transmitted; the caller's
+        object is not modified.
+
+        :param mail_from: the sender, instead of the headers' one.
+        :param rcpt_to: the recipients, instead of the headers' ones.
+        :param envelope_options: :class:`Envelope`'s other keywords
+            (``size``, ``use_8bit_mime``, ``dsn``, ``smtputf8``,
+            ``require_tls``).
+        :returns: a Deferred firing with a :class:`SendInfo`; failing with
+            ``EENVELOPE`` before anything is sent when no sender or
+            recipient is found, naming the missing header.
+        """
+        # Imported here so that the email support stays out of the core's
+        # import graph until it is used.
+        from ._email import message_envelope
+
+        try:
+            envelope, chunks = message_envelope(
+                message,
+                mail_from=mail_from,
+                rcpt_to=rcpt_to,
+                envelope_options=envelope_options,
+                extensions=self.extensions if self.state is State.READY else None,
+            )
+        except (SMTPConnectionError, TypeError, ValueError) as error:
+            return fail(error)
+        return self.send(envelope, chunks)
+
 
 def _abort_quietly(protocol: SMTPClientProtocol) -> None:
     if protocol.is_open and protocol.transport is not None:

@@ -1,13 +1,16 @@
 """
 The envelope of one message: sender, recipients and the ESMTP options that
-go with them (SIZE, BODY=8BITMIME, SMTPUTF8, DSN).
+go with them (SIZE, BODY=8BITMIME, SMTPUTF8, DSN, REQUIRETLS).
 
 An :class:`Envelope` is checked completely when it is built, so that an
 unusable one fails with ``EENVELOPE`` before anything is sent, never half
 way through a transaction.  The checks that matter most are the ones that
 keep every value inside its command line: an address or DSN value with a
 CR, LF or NUL would otherwise let a caller's input (often a web form's) end
-our ``MAIL FROM`` and start commands of its own.
+our ``MAIL FROM`` and start commands of its own.  Addresses must also be
+RFC 5321 mailboxes (:mod:`twisted_smtpconn._address`), so that ``"a@x,b@x"``
+or ``"Name <a@b>"`` fail here with advice rather than at the server with a
+501.
 
 Wrong *types* (``size="x"``, ``rcpt_to=5``) are programming errors and raise
 ``TypeError``; unusable *values* raise
@@ -22,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 
+from ._address import mailbox_problem, split_mailbox
 from ._errors import EnvelopeError
 from ._xtext import utf8_addr_xtext, xtext_encode
 
@@ -75,26 +79,26 @@ def _check_chars(field: str, value: str, text: str) -> None:
     raise _invalid(field, value, f"contains the control character {char!r}")
 
 
-def _has_space(text: str) -> bool:
-    return any(char.isspace() for char in text)
-
-
-def check_address(field: str, value: object, *, allow_empty: bool = False) -> str:
+def check_address(field: str, value: object, *, allow_empty: bool = False, postmaster: bool = False) -> str:
     """
     Check one envelope address and return it without surrounding ``<>``.
 
     One pair of angle brackets around the whole address is removed (callers
-    often copy ``<a@example.com>`` from a header); after that the address
-    may contain no ``<``, ``>``, control characters, nor white space except
-    inside a quoted local part (``"john smith"@example.com``), and must fit
-    RFC 5321's limits: 64 octets of local part, 254 octets in all.  Non-ASCII
-    addresses are accepted here; whether they can be sent depends on the
-    server's SMTPUTF8 (see :func:`twisted_smtpconn._commands.use_smtputf8`).
+    often copy ``<a@example.com>`` from a header); what remains must be an
+    RFC 5321 Mailbox (see :mod:`twisted_smtpconn._address`): a dot-atom or
+    quoted local part, ``@``, and a domain or an address literal, without
+    control characters, within RFC 5321's limits of 64 octets of local part
+    and 254 octets in all.  Non-ASCII addresses are accepted here; whether
+    they can be sent depends on the server's SMTPUTF8 (see
+    :func:`twisted_smtpconn._commands.use_smtputf8`).
 
     :param field: the name shown in errors, e.g. ``"rcpt_to[2]"``.
     :param allow_empty: whether ``""`` (the null reverse-path) is allowed.
+    :param postmaster: whether the bare ``Postmaster`` is allowed (a
+        recipient, RFC 5321 4.1.1.3).
     :raises TypeError: ``value`` is not a ``str``.
-    :raises EnvelopeError: the address is unusable.
+    :raises EnvelopeError: the address is unusable; the message says how to
+        write it instead.
     """
     if not isinstance(value, str):
         raise TypeError(f"{field} must be a str, not {type(value).__name__}")
@@ -106,34 +110,10 @@ def check_address(field: str, value: object, *, allow_empty: bool = False) -> st
             return ""
         raise _invalid(field, value, "is empty")
     _check_chars(field, value, address)
-    if "<" in address or ">" in address:
-        raise _invalid(field, value, "contains '<' or '>'")
-
-    if address[0] == '"':
-        index = 1
-        closed = False
-        while index < len(address):
-            char = address[index]
-            if char == "\\":
-                index += 2
-                continue
-            if char == '"':
-                closed = True
-                break
-            index += 1
-        if not closed:
-            raise _invalid(field, value, "has an unterminated quoted local part")
-        local = address[: index + 1]
-        rest = address[index + 1 :]
-        if rest and rest[0] != "@":
-            raise _invalid(field, value, "has text between the quoted local part and '@'")
-        if _has_space(rest):
-            raise _invalid(field, value, "contains white space")
-    else:
-        if _has_space(address):
-            raise _invalid(field, value, "contains white space")
-        local = address.rpartition("@")[0] if "@" in address else address
-
+    problem = mailbox_problem(address, postmaster=postmaster)
+    if problem is not None:
+        raise _invalid(field, value, problem)
+    local = split_mailbox(address)[0] if "@" in address else address
     if len(local.encode("utf-8")) > MAX_LOCAL_PART_OCTETS:
         raise _invalid(field, value, f"has a local part longer than {MAX_LOCAL_PART_OCTETS} octets")
     if len(address.encode("utf-8")) > MAX_ADDRESS_OCTETS:
@@ -324,7 +304,7 @@ def _check_recipients(value: object) -> tuple[str, ...]:
         items = list(value)
     if not items:
         raise EnvelopeError(f"rcpt_to has no recipients: {_shown(value)}")
-    return tuple(check_address(f"rcpt_to[{index}]", item) for index, item in enumerate(items))
+    return tuple(check_address(f"rcpt_to[{index}]", item, postmaster=True) for index, item in enumerate(items))
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -348,6 +328,11 @@ class Envelope:
         is sent byte for byte, line ends untouched, as BDAT chunks with
         ``BODY=BINARYMIME``.  The server must offer CHUNKING and BINARYMIME,
         else the send fails with ``EENVELOPE`` before anything is sent.
+    :ivar require_tls: send ``REQUIRETLS`` on MAIL (RFC 8689): every server
+        on the way must relay the message over verified TLS, or return it.
+        The send fails with ``ETLS`` before MAIL when this session cannot
+        honour it (not TLS with a verified certificate, or the server does
+        not offer REQUIRETLS).
     """
 
     mail_from: str
@@ -357,6 +342,7 @@ class Envelope:
     dsn: DSN | None
     smtputf8: bool | None
     binary: bool
+    require_tls: bool
 
     def __init__(
         self,
@@ -367,6 +353,7 @@ class Envelope:
         dsn: DSN | Mapping[str, object] | None = None,
         smtputf8: bool | None = None,
         binary: bool = False,
+        require_tls: bool = False,
     ) -> None:
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int):
@@ -379,6 +366,8 @@ class Envelope:
             raise TypeError(f"smtputf8 must be a bool or None, not {type(smtputf8).__name__}")
         if not isinstance(binary, bool):
             raise TypeError(f"binary must be a bool, not {type(binary).__name__}")
+        if not isinstance(require_tls, bool):
+            raise TypeError(f"require_tls must be a bool, not {type(require_tls).__name__}")
         object.__setattr__(self, "mail_from", check_address("mail_from", mail_from, allow_empty=True))
         object.__setattr__(self, "rcpt_to", _check_recipients(rcpt_to))
         object.__setattr__(self, "size", size)
@@ -386,25 +375,39 @@ class Envelope:
         object.__setattr__(self, "dsn", coerce_dsn(dsn))
         object.__setattr__(self, "smtputf8", smtputf8)
         object.__setattr__(self, "binary", binary)
+        object.__setattr__(self, "require_tls", require_tls)
 
     def __repr__(self) -> str:
-        # ``binary`` is shown only when set, so that the repr of every
-        # envelope made before the field existed stays what it was.
+        # ``binary`` and ``require_tls`` are shown only when set, so that
+        # the repr of every envelope made before they existed stays what it was.
         shown = [
             f"{item.name}={getattr(self, item.name)!r}"
             for item in fields(self)
-            if item.name != "binary" or self.binary
+            if item.name not in _SHOWN_WHEN_SET or getattr(self, item.name)
         ]
         return f"Envelope({', '.join(shown)})"
 
     @property
+    def has_non_ascii(self) -> bool:
+        """Whether an address (local part or domain) is non-ASCII."""
+        return not self.mail_from.isascii() or not all(address.isascii() for address in self.rcpt_to)
+
+    @property
     def needs_smtputf8(self) -> bool:
         """
-        Whether an address is non-ASCII, so that the transaction can only be
-        sent with SMTPUTF8 (RFC 6531).  The DSN's ORCPT never needs it: a
-        non-ASCII one is sent in RFC 6533's ASCII form.
+        Whether an address has a non-ASCII local part, so that the
+        transaction can only be sent with SMTPUTF8 (RFC 6531).  A non-ASCII
+        domain alone does not need it: it can be sent as A-labels (IDNA).
+        The DSN's ORCPT never needs it: a non-ASCII one is sent in RFC
+        6533's ASCII form.
         """
-        return not self.mail_from.isascii() or not all(address.isascii() for address in self.rcpt_to)
+        return any(
+            not split_mailbox(address)[0].isascii() for address in (self.mail_from, *self.rcpt_to)
+        )
+
+
+#: Envelope fields shown in its repr only when true.
+_SHOWN_WHEN_SET = frozenset({"binary", "require_tls"})
 
 
 #: Mapping keys of the envelope: the seed's names and our snake_case names.
@@ -420,6 +423,7 @@ _ENVELOPE_KEYS: Mapping[str, str] = MappingProxyType(
         "dsn": "dsn",
         "smtputf8": "smtputf8",
         "binary": "binary",
+        "require_tls": "require_tls",
     }
 )
 
@@ -430,7 +434,8 @@ def coerce_envelope(value: Envelope | Mapping[str, object]) -> Envelope:
 
     The mapping may use the seed's keys (``from``, ``to``, ``size``,
     ``use8BitMime``, ``dsn``) or the attribute names (``mail_from``,
-    ``rcpt_to``, ``use_8bit_mime``, ``smtputf8``, ``binary``).  ``from`` is
+    ``rcpt_to``, ``use_8bit_mime``, ``smtputf8``, ``binary``,
+    ``require_tls``).  ``from`` is
     required: unlike the seed, a missing sender is not silently taken as the
     null sender ``<>`` (pass ``""`` for that).  A missing ``to`` is an
     envelope without recipients.
@@ -466,4 +471,5 @@ def coerce_envelope(value: Envelope | Mapping[str, object]) -> Envelope:
         dsn=arguments.get("dsn"),  # type: ignore[arg-type]
         smtputf8=arguments.get("smtputf8"),  # type: ignore[arg-type]
         binary=arguments.get("binary", False),  # type: ignore[arg-type]
+        require_tls=arguments.get("require_tls", False),  # type: ignore[arg-type]
     )

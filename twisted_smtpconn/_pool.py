@@ -523,6 +523,33 @@ class SMTPPool:
         d.addErrback(lambda _: slot.connection.close())
         return d
 
+    def send_message(
+        self,
+        message: object,
+        *,
+        mail_from: str | None = None,
+        rcpt_to: str | list[str] | None = None,
+        **envelope_options: Any,
+    ) -> Deferred[SendInfo]:
+        """
+        Send an ``email.message.Message`` (or ``str``/``bytes``) through the
+        pool: same arguments and result as
+        :meth:`SMTPConnection.send_message`.
+        """
+        # Imported here so that the email support stays out of the core's
+        # import graph until it is used.
+        from twisted.internet.defer import fail
+
+        from ._email import message_envelope
+
+        try:
+            envelope, chunks = message_envelope(
+                message, mail_from=mail_from, rcpt_to=rcpt_to, envelope_options=envelope_options
+            )
+        except (SMTPConnectionError, TypeError, ValueError) as error:
+            return fail(error)
+        return self.send(envelope, chunks)
+
 
 def _unwrap(trace: SendTrace) -> SendInfo:
     if trace.info is not None:
