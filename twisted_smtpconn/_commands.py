@@ -178,12 +178,18 @@ def check_require_tls(envelope: Envelope, extensions: Mapping[str, str], *, tls_
     if not envelope.require_tls:
         return
     if not tls_verified:
-        raise TLSError(
+        error = TLSError(
             "require_tls is set but this session is not TLS with a verified certificate "
             "(REQUIRETLS, RFC 8689, needs one: use STARTTLS or implicit TLS with certificate checks on)"
         )
-    if not _offers(extensions, "REQUIRETLS"):
-        raise TLSError("require_tls is set but the server does not offer REQUIRETLS (RFC 8689)")
+    elif not _offers(extensions, "REQUIRETLS"):
+        error = TLSError("require_tls is set but the server does not offer REQUIRETLS (RFC 8689)")
+    else:
+        return
+    # Nothing was sent: this message cannot go over this session, but the
+    # connection is as good as before for one that does not ask for it.
+    error.closes_connection = False
+    raise error
 
 
 def _path(verb: str, address: str, smtputf8: bool, field: str) -> bytes:

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from ._auth import Auth, authenticate, coerce_auth
 from ._delivery import run_transaction
 from ._ehlo import ServerInfo
+from ._email import headers_envelope
 from ._envelope import Envelope, coerce_envelope
 from ._errors import ConnectionFailedError, ProtocolError, SMTPConnectionError
 from ._events import EventEmitter
@@ -379,6 +380,7 @@ class SMTPConnection:
             message,
             lmtp=self._options.lmtp,
             prefer_data=self._options.prefer_data,
+            tls_verified=self._tls.is_verified(self._protocol),
             on_start=on_start,
             on_written=lambda: self._queue.dot_written(ticket),
         )
@@ -482,21 +484,13 @@ class SMTPConnection:
             ``EENVELOPE`` before anything is sent when no sender or
             recipient is found, naming the missing header.
         """
-        # Imported here so that the email support stays out of the core's
-        # import graph until it is used.
-        from ._email import message_envelope
-
         try:
-            envelope, chunks = message_envelope(
-                message,
-                mail_from=mail_from,
-                rcpt_to=rcpt_to,
-                envelope_options=envelope_options,
-                extensions=self.extensions if self.state is State.READY else None,
+            envelope, parsed = headers_envelope(
+                message, mail_from=mail_from, rcpt_to=rcpt_to, envelope_options=envelope_options
             )
         except (SMTPConnectionError, TypeError, ValueError) as error:
             return fail(error)
-        return self.send(envelope, chunks)
+        return self.send(envelope, parsed)
 
 
 def _abort_quietly(protocol: SMTPClientProtocol) -> None:

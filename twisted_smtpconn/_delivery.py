@@ -15,9 +15,12 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from ._bdat import bdat_transaction, use_chunking
+from ._commands import check_require_tls
 from ._data import data_transaction
 from ._ehlo import ServerInfo
+from ._email import fit_to_server, is_email_message
 from ._envelope import Envelope
+from ._source import DEFAULT_CHUNK_SIZE
 from ._protocol import SMTPClientProtocol
 from ._sendinfo import SendInfo
 from ._transaction import render
@@ -34,6 +37,7 @@ def run_transaction(
     *,
     lmtp: bool,
     prefer_data: bool,
+    tls_verified: bool = False,
     on_start: Callable[[], None] | None = None,
     on_written: Callable[[], None] | None = None,
 ) -> Coroutine[Any, Any, SendInfo]:
@@ -46,10 +50,21 @@ def run_transaction(
     coroutine exists, so a bad envelope never leaves a half-written command
     behind.  A send reports success only after the server's final 2xx.
 
+    An email object (``email.message.Message``) is serialised here, where
+    the server's extensions are known: ``BODY=8BITMIME`` and SMTPUTF8 as the
+    message needs them, 8-bit text re-encoded as 7-bit for a server without
+    8BITMIME, ``EMESSAGE`` when the server cannot carry it.
+
+    :param tls_verified: the session is TLS with the server's certificate
+        verified (what ``Envelope(require_tls=True)`` needs).
     :raises SMTPConnectionError: what the local checks found (``EENVELOPE``,
-        ``EMESSAGE``), at once.
+        ``EMESSAGE``, ``ETLS`` for REQUIRETLS), at once.
     """
     extensions = server.extensions
+    check_require_tls(envelope, extensions, tls_verified=tls_verified)
+    if is_email_message(message):
+        envelope, prepared = fit_to_server(envelope, message, extensions)  # type: ignore[arg-type]
+        message = b"".join(prepared.chunks) if prepared.size <= DEFAULT_CHUNK_SIZE else prepared.chunks
     pipelining = "PIPELINING" in extensions
     if use_chunking(extensions, envelope, prefer_data=prefer_data):
         commands = render(envelope, extensions, body="BINARYMIME" if envelope.binary else None)

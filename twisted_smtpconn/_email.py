@@ -28,6 +28,7 @@ shallow copy whose header list is its own.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import email.policy
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -356,6 +357,65 @@ def prepare_for_server(message: Message, extensions: Mapping[str, str]) -> tuple
         prepared = prepare_email(message, seven_bit=True)
     use_8bit_mime, smtputf8 = email_parameters(prepared, extensions)
     return prepared, use_8bit_mime, smtputf8
+
+
+def headers_envelope(
+    message: object,
+    *,
+    mail_from: str | None,
+    rcpt_to: str | Iterable[str] | None,
+    envelope_options: Mapping[str, Any],
+) -> tuple[Envelope, Message]:
+    """
+    The envelope ``send_message`` uses and the message as an email object.
+
+    The sender and recipients come from the headers where ``mail_from`` /
+    ``rcpt_to`` are ``None`` (:func:`envelope_from_headers`); the encoding
+    (``BODY=8BITMIME``, SMTPUTF8, a 7-bit re-encoding) and the size are
+    decided when the message is sent, from what the server offers
+    (:func:`fit_to_server`).
+
+    :raises TypeError: ``message`` is not an email object, ``str`` or
+        bytes, or an unknown or wrongly typed option.
+    :raises EnvelopeError: no sender or recipient in the headers, or an
+        unusable address.
+    """
+    unknown = sorted(set(envelope_options) - {"size", "use_8bit_mime", "dsn", "smtputf8", "require_tls"})
+    if unknown:
+        raise TypeError(f"send_message() got unexpected keyword argument(s): {', '.join(unknown)}")
+    parsed = parse_message_headers(message)
+    if mail_from is None:
+        mail_from = sender_from_headers(parsed)
+    if rcpt_to is None:
+        rcpt_to = recipients_from_headers(parsed)
+    return Envelope(mail_from, rcpt_to, **envelope_options), parsed
+
+
+def fit_to_server(envelope: Envelope, message: Message, extensions: Mapping[str, str]) -> tuple[Envelope, PreparedEmail]:
+    """
+    The envelope and wire form for sending ``message`` to a server that
+    offered ``extensions``: ``BODY=8BITMIME`` and SMTPUTF8 switched on when
+    the message needs them (8-bit text re-encoded as 7-bit when the server
+    has no 8BITMIME), ``SIZE`` set when the caller gave none.
+
+    :raises MessageError: the server cannot carry the message, or
+        ``smtputf8=False`` was asked for a message with UTF-8 headers.
+    """
+    prepared, use_8bit_mime, smtputf8 = prepare_for_server(message, extensions)
+    if smtputf8 and envelope.smtputf8 is False:
+        raise MessageError("smtputf8 is False but the message has UTF-8 header fields, which need SMTPUTF8")
+    if (
+        (use_8bit_mime and not envelope.use_8bit_mime)
+        or (smtputf8 and envelope.smtputf8 is None)
+        or envelope.size is None
+    ):
+        envelope = dataclasses.replace(
+            envelope,
+            use_8bit_mime=envelope.use_8bit_mime or use_8bit_mime,
+            smtputf8=True if smtputf8 else envelope.smtputf8,
+            size=prepared.size if envelope.size is None else envelope.size,
+        )
+    return envelope, prepared
 
 
 def message_envelope(

@@ -19,16 +19,18 @@ holding all of it; :meth:`SMTPPool.send` is that, unwrapped.
 from __future__ import annotations
 
 import io
+from email.message import Message
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from ._auth import Auth, coerce_auth
 from ._connection import SMTPConnection
+from ._email import headers_envelope
 from ._envelope import Envelope, coerce_envelope
 from ._errors import ProtocolError, SMTPConnectionError
 from ._lifecycle import State
@@ -45,7 +47,8 @@ def _replayable(message: object) -> Callable[[], object] | None:
     when the message can be read only once (iterators, async iterables and
     unseekable files cannot be retried).
     """
-    if isinstance(message, (str, bytes, bytearray, memoryview)):
+    if isinstance(message, (str, bytes, bytearray, memoryview, Message)):
+        # An email object is serialised afresh for each attempt.
         return lambda: message
     seekable = getattr(message, "seekable", None)
     if isinstance(message, io.IOBase) or (seekable is not None and hasattr(message, "read")):
@@ -536,19 +539,13 @@ class SMTPPool:
         pool: same arguments and result as
         :meth:`SMTPConnection.send_message`.
         """
-        # Imported here so that the email support stays out of the core's
-        # import graph until it is used.
-        from twisted.internet.defer import fail
-
-        from ._email import message_envelope
-
         try:
-            envelope, chunks = message_envelope(
+            envelope, parsed = headers_envelope(
                 message, mail_from=mail_from, rcpt_to=rcpt_to, envelope_options=envelope_options
             )
         except (SMTPConnectionError, TypeError, ValueError) as error:
             return fail(error)
-        return self.send(envelope, chunks)
+        return self.send(envelope, parsed)
 
 
 def _unwrap(trace: SendTrace) -> SendInfo:

@@ -26,10 +26,12 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
+from email.message import Message
 from typing import Callable, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 
+from ._email import is_email_message, prepare_email
 from ._errors import StreamError
 
 __all__ = ["check_message", "iterate_message", "DEFAULT_CHUNK_SIZE"]
@@ -38,7 +40,10 @@ __all__ = ["check_message", "iterate_message", "DEFAULT_CHUNK_SIZE"]
 #: overhead is negligible, small enough to keep memory flat.
 DEFAULT_CHUNK_SIZE = 64 * 1024
 
-_ACCEPTED = "str, a bytes-like object, a binary file, or an (async) iterable of bytes-like chunks"
+_ACCEPTED = (
+    "str, a bytes-like object, an email.message.Message, a binary file, "
+    "or an (async) iterable of bytes-like chunks"
+)
 
 
 def _kind(message: object) -> str:
@@ -50,6 +55,8 @@ def _kind(message: object) -> str:
     """
     if isinstance(message, str):
         return "str"
+    if is_email_message(message):
+        return "email"
     try:
         memoryview(message)  # type: ignore[arg-type]
     except TypeError:
@@ -117,6 +124,10 @@ def iterate_message(message: object, *, chunk_size: int = DEFAULT_CHUNK_SIZE) ->
     kind = _kind(message)
     if kind == "str":
         return _from_str(cast(str, message), chunk_size)
+    if kind == "email":
+        # Normally serialised by the transaction, which knows what the server
+        # offers (see _delivery); here with the message's own policy.
+        return _from_iterable(prepare_email(cast(Message, message)).chunks, chunk_size)
     if kind == "buffer":
         return _from_buffer(message, chunk_size)
     if kind == "file":
