@@ -175,3 +175,18 @@ def test_twistd_plugins_do_not_install_a_reactor(tmp_path: Path) -> None:
     child = _run_child(code, tmp_path)
     assert child.returncode == 0, child.stderr
     assert "smtpsend" in child.stdout
+
+
+def test_compat_names() -> None:
+    """``twisted_smtpconn.compat``: twisted.mail's two entry points and its error names."""
+    from twisted_smtpconn import compat
+
+    assert compat.__all__[:2] == ["sendmail", "ESMTPSenderFactory"]
+    assert sorted(compat.__all__) == sorted(
+        ["sendmail", "ESMTPSenderFactory", "CompatError", "SMTPDeliveryError", "SenderRefusedError",
+         "RecipientsRefusedError", "MessageRefusedError", "MessageReadError", "SMTPConnectError",
+         "SMTPSocketError", "SMTPTimeoutError", "SMTPProtocolError", "SMTPTLSError", "TLSRequiredError",
+         "AUTHRequiredError", "AUTHDeclinedError", "AuthenticationError"]
+    )
+    for name in compat.__all__:
+        assert getattr(compat, name).__module__.startswith("twisted_smtpconn."), name

@@ -78,6 +78,11 @@ class CompatError(SMTPConnectionError):
     listed first so that its constructor and text win over twisted.mail's.
     """
 
+    #: twisted.mail's meaning: the reply code, -1 when there was none.
+    code: int  # type: ignore[assignment]
+    #: This library's code for the failure ("EENVELOPE", ...).
+    error_code: str
+
     #: twisted.mail's isFatal default for the class.
     _is_fatal = False
     #: twisted.mail's retry default for the class.
@@ -98,9 +103,8 @@ class CompatError(SMTPConnectionError):
         self.recipient = error.recipient
         self.rejected_errors = list(error.rejected_errors)
         self.delivery_unknown = error.delivery_unknown
-        #: This library's code for the failure ("EENVELOPE", ...).
-        self.error_code: str = error.code
-        self.code = error.response_code if error.response_code is not None else -1  # type: ignore[assignment]
+        self.error_code = error.code
+        self.code = error.response_code if error.response_code is not None else -1
         self.resp: bytes = _reply_text(error).encode("utf-8")
         self.log: bytes | None = str(SMTPConnectionError.__str__(self)).encode("utf-8")
         self.addresses = list(addresses) if addresses is not None else None
@@ -190,18 +194,18 @@ class SMTPDeliveryError(CompatError, _tm.SMTPDeliveryError):  # type: ignore[mis
     """The base of the refusals of a message: sender, every recipient, or the message."""
 
 
-class SenderRefusedError(SMTPDeliveryError, EnvelopeError):
+class SenderRefusedError(SMTPDeliveryError, EnvelopeError):  # type: ignore[misc]
     """The server refused MAIL FROM, or the sender is unusable (``EENVELOPE``)."""
 
 
-class RecipientsRefusedError(SMTPDeliveryError, EnvelopeError):
+class RecipientsRefusedError(SMTPDeliveryError, EnvelopeError):  # type: ignore[misc]
     """
     The server refused every recipient (``EENVELOPE``); ``addresses`` holds
     each one's ``(address, code, response)`` as twisted.mail reports it.
     """
 
 
-class MessageRefusedError(SMTPDeliveryError, MessageError):
+class MessageRefusedError(SMTPDeliveryError, MessageError):  # type: ignore[misc]
     """The server refused the message after DATA, or it is too large (``EMESSAGE``)."""
 
 

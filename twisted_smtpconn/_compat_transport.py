@@ -47,7 +47,7 @@ class Relay(Protocol):
 
     def __init__(self, on_connected: Any) -> None:
         self._on_connected = on_connected
-        self._inner: Protocol | None = None
+        self._inner: Any = None
         self._early: list[bytes] = []
         self._lost: Failure | None = None
         self._handshake_done = False
@@ -59,7 +59,7 @@ class Relay(Protocol):
     def connectionMade(self) -> None:
         self._on_connected(self)
 
-    def attach(self, inner: Protocol) -> None:
+    def attach(self, inner: Any) -> None:
         """Connect ``inner`` to this relay's transport and replay what it missed."""
         if self._inner is not None:
             raise RuntimeError("a protocol is attached to this transport already")

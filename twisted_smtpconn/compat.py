@@ -231,7 +231,7 @@ class ESMTPSenderFactory(ClientFactory):
             return
         error = ConnectionFailedError(f"Unable to connect to SMTP server: {reason.getErrorMessage()}")
         error.__cause__ = reason.value
-        self._finish(Failure(translate(error)))
+        self._finish(Failure(translate(error)))  # type: ignore[no-untyped-call]
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         self.currentProtocol = None
@@ -263,7 +263,7 @@ class ESMTPSenderFactory(ClientFactory):
             )
         replies = RecipientReplies()
         name = self.domain.decode("ascii") if isinstance(self.domain, bytes) else self.domain
-        timeouts: dict[str, float] = {}
+        timeouts: dict[str, Any] = {}
         if self.timeout is not None:
             timeouts = {"greeting_timeout": float(self.timeout), "socket_timeout": float(self.timeout)}
         conn = SMTPConnection(
@@ -339,7 +339,7 @@ class ESMTPSenderFactory(ClientFactory):
             return False
         if not isinstance(error, CompatError) or error.delivery_unknown:
             return False
-        return error.retry or 400 <= error.code < 500  # type: ignore[operator]
+        return error.retry or 400 <= error.code < 500
 
     def _retry(self, connector: Any) -> None:
         self.retries -= 1
