@@ -296,7 +296,8 @@ async def test_connection_refused() -> None:
     port = free_port()  # nothing listens there
     errors = {}
     for label, smtp in _implementations().items():
-        kind, errors[label] = await _outcome(smtp.sendmail("127.0.0.1", "a@example.com", ["b@example.net"], b"x\n", port=port))
+        d = smtp.sendmail("127.0.0.1", "a@example.com", ["b@example.net"], b"x\n", port=port)
+        kind, errors[label] = await _outcome(d)
         assert kind == "error" and isinstance(errors[label], SMTPConnectError), errors[label]
     ours = errors["compat"]
     assert isinstance(ours, ConnectionFailedError) and isinstance(ours, ConnectionError)
@@ -488,3 +489,130 @@ def test_error_classes_are_twisted_mails_and_ours() -> None:
     error = compat.SMTPTimeoutError(lib.SMTPTimeoutError("no reply within 5 s"))
     assert isinstance(error, TimeoutError) and error.retry and error.isFatal
     assert error.code == -1 and error.error_code == "ETIMEDOUT" and error.is_transient
+
+
+# -- retries, cancellation, endpoints ---------------------------------------------------
+
+
+class _Busy:
+    """Answers ``421`` and hangs up, as a server that is too busy for now."""
+
+    @staticmethod
+    def protocol() -> Any:
+        from twisted.internet.protocol import Protocol
+
+        class Busy(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(b"421 4.3.2 too busy, try again\r\n")
+                self.transport.loseConnection()
+
+        return Busy()
+
+
+def _busy_once_then(target: AiosmtpdServer) -> tuple[Any, list[str]]:
+    """A listener whose first connection is refused with 421; later ones are forwarded to ``target``."""
+    from twisted.internet.protocol import ServerFactory
+    from twisted.protocols.portforward import ProxyFactory
+
+    seen: list[str] = []
+    forward = ProxyFactory(target.host, target.port)
+
+    class BusyOnce(ServerFactory):
+        def buildProtocol(self, addr: Any) -> Any:
+            seen.append("busy" if not seen else "forwarded")
+            if seen[-1] == "busy":
+                return _Busy.protocol()
+            return forward.buildProtocol(addr)
+
+    return BusyOnce(), seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_busy_server_is_retried_as_twisted_mail_does(aiosmtpd_server: AiosmtpdServer) -> None:
+    """
+    A 421 greeting: twisted.mail reconnects (``retries``); so does the
+    drop-in, rewinding the message file, and the second attempt delivers.
+    """
+    from twisted.internet import reactor
+
+    results = {}
+    for label, smtp in _implementations().items():
+        factory, seen = _busy_once_then(aiosmtpd_server)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        try:
+            d = smtp.sendmail("127.0.0.1", "a@example.com", ["b@example.net"], f"Subject: {label}\n\nx\n".encode(),
+                              port=port.getHost().port)
+            results[label] = await guard(d)
+        finally:
+            await port.stopListening()
+        assert seen == ["busy", "forwarded"]
+        received = await aiosmtpd_server.recorder.when_match(
+            lambda m, label=label: label.encode() in m.content, reactor
+        )
+        assert received.content == f"Subject: {label}\r\n\r\nx\r\n".encode()
+    assert results["twisted.mail"] == results["compat"] == (1, [(b"b@example.net", 250, b"2.1.5 OK")])
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_recipient_refused_for_now_is_not_retried(aiosmtpd_server: AiosmtpdServer) -> None:
+    """4xx at RCPT is a refusal of the transaction: reported at once, by both."""
+    from twisted.mail.smtp import SMTPDeliveryError
+
+    for label, smtp in _implementations().items():
+        kind, error = await _outcome(
+            smtp.sendmail(aiosmtpd_server.host, "a@example.com", ["tempfail@example.net"], b"x\n",
+                          port=aiosmtpd_server.port)
+        )
+        assert kind == "error" and isinstance(error, SMTPDeliveryError) and error.code == 451, (label, error)
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_stops_and_disconnects() -> None:
+    """A server that never greets: cancelling sendmail's Deferred drops the connection, in both."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import CancelledError, Deferred
+    from twisted.internet.protocol import Protocol, ServerFactory
+
+    events: list[Deferred[None]] = []
+
+    class Silent(Protocol):
+        def connectionMade(self) -> None:
+            self.lost: Deferred[None] = Deferred()
+            events.append(self.lost)
+            connected.callback(None)
+
+        def connectionLost(self, reason: Any = None) -> None:
+            self.lost.callback(None)
+
+    port = reactor.listenTCP(0, ServerFactory.forProtocol(Silent), interface="127.0.0.1")
+    try:
+        for label, smtp in _implementations().items():
+            connected: Deferred[None] = Deferred()
+            d = smtp.sendmail("127.0.0.1", "a@example.com", ["b@example.net"], b"x\n", port=port.getHost().port)
+            await guard(connected)
+            d.cancel()
+            kind, error = await _outcome(d)
+            assert kind == "error" and isinstance(error, CancelledError), (label, error)
+            await guard(events[-1])  # the client hung up
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_factory_through_an_endpoint(aiosmtpd_server: AiosmtpdServer) -> None:
+    """``endpoint.connect(factory)`` works as ``connectTCP`` does (without retries: no connector)."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from twisted_smtpconn import compat
+
+    result: Deferred[Any] = Deferred()
+    factory = compat.ESMTPSenderFactory(
+        None, None, "a@example.com", "b@example.net", BytesIO(b"Subject: endpoint\n\nx\n"), result,
+        requireAuthentication=False, requireTransportSecurity=False,
+    )
+    await guard(TCP4ClientEndpoint(reactor, aiosmtpd_server.host, aiosmtpd_server.port).connect(factory))
+    assert await guard(result) == (1, [(b"b@example.net", 250, b"2.1.5 OK")])
+    (received,) = await aiosmtpd_server.recorder.when_received(1, reactor)
+    assert received.content == b"Subject: endpoint\r\n\r\nx\r\n"

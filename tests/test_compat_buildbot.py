@@ -78,7 +78,9 @@ def _reports(marker: str) -> list[dict[str, Any]]:
 
 async def _notifier(**options: Any) -> Any:
     """A MailNotifier configured as a master.cfg would, without the master's services."""
-    settings = {"fromaddr": "buildbot@example.org", "extraRecipients": ["team@example.net"], "generators": [], **options}
+    settings = {
+        "fromaddr": "buildbot@example.org", "extraRecipients": ["team@example.net"], "generators": [], **options
+    }
     notifier = buildbot_mail.MailNotifier(**settings)
     await notifier.reconfigService(**settings)
     notifier.parent = _Parent()

@@ -262,32 +262,21 @@ class ESMTPSenderFactory(ClientFactory):
                 host=host,
             )
         replies = RecipientReplies()
-        name = self.domain.decode("ascii") if isinstance(self.domain, bytes) else self.domain
         timeouts: dict[str, Any] = {}
         if self.timeout is not None:
             timeouts = {"greeting_timeout": float(self.timeout), "socket_timeout": float(self.timeout)}
-        conn = SMTPConnection(
-            host,
-            getattr(peer, "port", None) or 25,
-            endpoint=ConnectedEndpoint(relay, on_protocol=replies.watch),
-            name=name,
-            ignore_tls=not starttls,
-            tls=self._tls_option,
-            # The application's connectSSL made the transport TLS already.
-            allow_insecure_auth=already_tls,
-            reactor=self._reactor,
-            **timeouts,
-        )
+        try:
+            conn = self._connection_for(relay, replies, host, starttls, already_tls, timeouts)
+        except BaseException:
+            transport.abortConnection()  # nobody else will close it
+            raise
         self._connection = conn
         try:
             await conn.connect()
             if self.requireTransportSecurity and not (already_tls or conn.secure):
+                why = "does not offer STARTTLS" if starttls else "has no name to verify: pass hostname= or contextFactory="
                 raise TLSRequiredError(
-                    TLSError(
-                        f"transport security is required (requireTransportSecurity) but {host} "
-                        + ("does not offer STARTTLS" if starttls else "cannot be verified: pass hostname= or contextFactory=")
-                        + "; nothing was sent"
-                    )
+                    TLSError(f"transport security is required (requireTransportSecurity) but {host} {why}; nothing was sent")
                 )
             if self.password and conn.auth_methods:
                 await conn.login(Auth(user=self.username, password=self.password))
@@ -308,6 +297,26 @@ class ESMTPSenderFactory(ClientFactory):
         finally:
             await _close(conn)
             self._connection = None
+
+    def _connection_for(
+        self, relay: Relay, replies: RecipientReplies, host: str, starttls: bool, already_tls: bool,
+        timeouts: dict[str, Any],
+    ) -> SMTPConnection:
+        """The library's connection over the relay's transport, with the factory's settings."""
+        peer = relay.transport.getPeer()  # type: ignore[union-attr]
+        name = self.domain.decode("ascii") if isinstance(self.domain, bytes) else self.domain
+        return SMTPConnection(
+            host,
+            getattr(peer, "port", None) or 25,
+            endpoint=ConnectedEndpoint(relay, on_protocol=replies.watch),
+            name=name,
+            ignore_tls=not starttls,
+            tls=self._tls_option,
+            # The application's connectSSL made the transport TLS already.
+            allow_insecure_auth=already_tls,
+            reactor=self._reactor,
+            **timeouts,
+        )
 
     def _destination_host(self) -> str | None:
         if self._connector is None or not hasattr(self._connector, "getDestination"):
@@ -335,9 +344,15 @@ class ESMTPSenderFactory(ClientFactory):
         self._finish(failure)
 
     def _may_retry(self, error: object) -> bool:
+        """
+        twisted.mail's rule: retry what failed before the transaction
+        (connection, timeout, a 4xx greeting or AUTH reply), never a refusal
+        of the sender, the recipients or the message, and never a message
+        that may have been delivered.
+        """
         if self.sendFinished or self._connector is None or self.retries <= 0:
             return False
-        if not isinstance(error, CompatError) or error.delivery_unknown:
+        if not isinstance(error, CompatError) or isinstance(error, SMTPDeliveryError) or error.delivery_unknown:
             return False
         return error.retry or 400 <= error.code < 500
 
