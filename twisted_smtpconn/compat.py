@@ -274,9 +274,12 @@ class ESMTPSenderFactory(ClientFactory):
         try:
             await conn.connect()
             if self.requireTransportSecurity and not (already_tls or conn.secure):
-                why = "does not offer STARTTLS" if starttls else "has no name to verify: pass hostname= or contextFactory="
+                why = (
+                    "does not offer STARTTLS" if starttls else "has no name to verify: pass hostname= or contextFactory="
+                )
                 raise TLSRequiredError(
-                    TLSError(f"transport security is required (requireTransportSecurity) but {host} {why}; nothing was sent")
+                    TLSError(f"transport security is required (requireTransportSecurity) but {host} {why}; "
+                             "nothing was sent")
                 )
             if self.password and conn.auth_methods:
                 await conn.login(Auth(user=self.username, password=self.password))
