@@ -194,3 +194,18 @@ def test_compat_names() -> None:
     )
     for name in compat.__all__:
         assert getattr(compat, name).__module__.startswith("twisted_smtpconn."), name
+
+
+def test_compat_import_has_none_of_twisted_mail_smtps_side_effects(tmp_path: Path) -> None:
+    """
+    ``twisted_smtpconn.compat`` derives its errors from twisted.mail's classes
+    without importing ``twisted.mail.smtp``, whose import installs the reactor
+    and looks up this host's name.
+    """
+    code = (
+        "import sys, twisted_smtpconn.compat; "
+        "assert 'twisted.internet.reactor' not in sys.modules, 'reactor'; "
+        "assert 'twisted.mail.smtp' not in sys.modules, 'twisted.mail.smtp'"
+    )
+    child = _run_child(code, tmp_path)
+    assert child.returncode == 0, child.stderr

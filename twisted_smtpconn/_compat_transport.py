@@ -123,7 +123,10 @@ class ConnectedEndpoint:
         if protocol is None:
             return fail(ConnectionFailedError("the protocol factory refused the connection"))
         if self._on_protocol is not None:
-            self._on_protocol(protocol)
+            try:
+                self._on_protocol(protocol)
+            except Exception as error:  # noqa: BLE001 - reported on the Deferred
+                return fail(error)
         relay.attach(protocol)
         return succeed(protocol)
 
@@ -155,13 +158,22 @@ class RecipientReplies:
         if send_command is None or send_commands is None:
             raise RuntimeError("twisted_smtpconn.compat cannot observe RCPT replies of this protocol")
 
+        inside_several = False
+
         def one(line: bytes, **kwargs: Any) -> Deferred[Any]:
             d: Deferred[Any] = send_command(line, **kwargs)
-            self._observe(line, d)
+            if not inside_several:
+                self._observe(line, d)
             return d
 
         def several(lines: list[bytes]) -> list[Deferred[Any]]:
-            waiters: list[Deferred[Any]] = send_commands(lines)
+            # send_commands may be written on top of send_command: count once.
+            nonlocal inside_several
+            inside_several = True
+            try:
+                waiters: list[Deferred[Any]] = send_commands(lines)
+            finally:
+                inside_several = False
             for line, d in zip(lines, waiters):
                 self._observe(line, d)
             return waiters
