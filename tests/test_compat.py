@@ -17,6 +17,7 @@ the same way is caught too.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from email.mime.text import MIMEText
 from io import BytesIO
@@ -616,3 +617,41 @@ async def test_factory_through_an_endpoint(aiosmtpd_server: AiosmtpdServer) -> N
     assert await guard(result) == (1, [(b"b@example.net", 250, b"2.1.5 OK")])
     (received,) = await aiosmtpd_server.recorder.when_received(1, reactor)
     assert received.content == b"Subject: endpoint\r\n\r\nx\r\n"
+
+
+# -- Postfix: PIPELINING ---------------------------------------------------------------
+
+
+@pytest.mark.postfix
+@pytest_twisted.ensureDeferred
+async def test_same_results_from_postfix_with_pipelining(postfix_server: Any) -> None:
+    """
+    Postfix offers PIPELINING: the drop-in sends MAIL, both RCPTs and DATA in
+    one write, twisted.mail one at a time; the per-recipient results are
+    still the same, in the order given, and the message arrives once each.
+    """
+    from twisted.internet import reactor
+
+    results = {}
+    for label, smtp in _implementations().items():
+        marker = f"pipelining-{label}-{os.getpid()}"
+        d = smtp.sendmail(
+            postfix_server.host,
+            "alice@example.com",
+            [b"bob@example.net", b"reject-me@example.net", b"carol@example.net"],
+            f"Subject: {marker}\n\nx\n".encode(),
+            port=postfix_server.port,
+        )
+        results[label] = await guard(d)
+        received = await guard(
+            postfix_server.recorder.when_match(lambda m, marker=marker: marker.encode() in m.content, reactor,
+                                               timeout=20.0)
+        )
+        assert sorted(received.rcpt_tos) == ["bob@example.net", "carol@example.net"]
+    number, addresses = results["compat"]
+    assert number == 2
+    assert [(a, c) for a, c, _ in addresses] == [
+        (b"bob@example.net", 250), (b"reject-me@example.net", 550), (b"carol@example.net", 250)
+    ]
+    assert addresses[0][2].startswith(b"2.1.5") and addresses[1][2].startswith(b"5.1.1")
+    assert results["twisted.mail"] == results["compat"]
