@@ -655,3 +655,30 @@ async def test_same_results_from_postfix_with_pipelining(postfix_server: Any) ->
     ]
     assert addresses[0][2].startswith(b"2.1.5") and addresses[1][2].startswith(b"5.1.1")
     assert results["twisted.mail"] == results["compat"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeout_of_a_silent_server() -> None:
+    """``timeout=`` with a server that never greets: SMTPTimeoutError from both (no retries left)."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Protocol, ServerFactory
+    from twisted.mail.smtp import SMTPTimeoutError
+
+    from twisted_smtpconn import SMTPTimeoutError as LibraryTimeout
+
+    port = reactor.listenTCP(0, ServerFactory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        for label, smtp in _implementations().items():
+            result: Deferred[Any] = Deferred()
+            factory = smtp.ESMTPSenderFactory(
+                None, None, "a@example.com", ["b@example.net"], BytesIO(b"x\n"), result,
+                retries=0, timeout=0.5, requireAuthentication=False, requireTransportSecurity=False,
+            )
+            reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
+            kind, error = await _outcome(result)
+            assert kind == "error" and isinstance(error, SMTPTimeoutError), (label, error)
+            if label == "compat":
+                assert isinstance(error, LibraryTimeout) and isinstance(error, TimeoutError)
+    finally:
+        await port.stopListening()
