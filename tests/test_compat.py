@@ -682,3 +682,43 @@ async def test_timeout_of_a_silent_server() -> None:
                 assert isinstance(error, LibraryTimeout) and isinstance(error, TimeoutError)
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_required_but_not_offered(aiosmtpd_server: AiosmtpdServer) -> None:
+    from twisted.mail.smtp import AUTHRequiredError
+
+    for label, smtp in _implementations().items():
+        kind, error = await _outcome(
+            smtp.sendmail(aiosmtpd_server.host, "a@example.com", ["b@example.net"], b"x\n", port=aiosmtpd_server.port,
+                          username="a", password="pw", requireAuthentication=True)
+        )
+        assert kind == "error" and isinstance(error, AUTHRequiredError), (label, error)
+    assert aiosmtpd_server.recorder.messages == ()
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_recipients_and_address_objects(aiosmtpd_server: AiosmtpdServer) -> None:
+    """twisted.mail sends one RCPT per entry, duplicates too, and takes its ``Address`` objects."""
+    from twisted.mail.smtp import Address
+
+    results = {}
+    for label, smtp in _implementations().items():
+        results[label] = await guard(
+            smtp.sendmail(aiosmtpd_server.host, Address(b"<alice@example.com>"), [b"b@example.net", "b@example.net"],
+                          f"Subject: {label}\n\nx\n".encode(), port=aiosmtpd_server.port)
+        )
+    assert results["twisted.mail"] == results["compat"]
+    assert results["compat"][1] == [(b"b@example.net", 250, b"2.1.5 OK")] * 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_before_the_connection_is_made() -> None:
+    from twisted.internet.defer import CancelledError
+
+    port = free_port()
+    for label, smtp in _implementations().items():
+        d = smtp.sendmail("127.0.0.1", "a@example.com", ["b@example.net"], b"x\n", port=port)
+        d.cancel()
+        kind, error = await _outcome(d)
+        assert kind == "error" and isinstance(error, CancelledError), (label, error)
