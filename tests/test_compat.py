@@ -722,3 +722,41 @@ async def test_cancel_before_the_connection_is_made() -> None:
         d.cancel()
         kind, error = await _outcome(d)
         assert kind == "error" and isinstance(error, CancelledError), (label, error)
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_options_keep_their_ca_and_gain_a_name_check(
+    make_aiosmtpd: Callable[..., AiosmtpdServer], certs: Certs
+) -> None:
+    """
+    ``CertificateOptions(verify=True, caCerts=[...])``: twisted.mail checked
+    the chain only, so a certificate of the right CA for another name was
+    accepted.  The drop-in keeps the caller's CA (the right server still
+    works) and checks the name too (the other one is refused).
+    """
+    from OpenSSL import crypto
+    from twisted.internet import reactor
+    from twisted.internet.ssl import CertificateOptions
+    from twisted.mail.smtp import SMTPClientError
+
+    from twisted_smtpconn import TLSError
+
+    ca = crypto.load_certificate(crypto.FILETYPE_PEM, certs.ca.cert_pem.bytes())
+    smtp = _implementations()
+    options = {"hostname": "localhost", "requireTransportSecurity": True}
+
+    right = make_aiosmtpd(tls_context=server_ssl_context(certs.server), require_starttls=True)
+    ours = await _factory_send(smtp["compat"], right, b"Subject: kept\n\nx\n",
+                               contextFactory=CertificateOptions(verify=True, caCerts=[ca]), **options)
+    assert ours == ("ok", (1, [(b"bob@example.net", 250, b"2.1.5 OK")]))
+    (received,) = await right.recorder.when_received(1, reactor)
+    assert received.tls
+
+    other_name = make_aiosmtpd(tls_context=server_ssl_context(certs.wrong_name), require_starttls=True)
+    theirs = await _factory_send(smtp["twisted.mail"], other_name, b"Subject: theirs\n\nx\n",
+                                 contextFactory=CertificateOptions(verify=True, caCerts=[ca]), **options)
+    assert theirs == ("ok", (1, [(b"bob@example.net", 250, b"2.1.5 OK")]))
+    kind, error = await _factory_send(smtp["compat"], other_name, b"Subject: ours\n\nx\n",
+                                      contextFactory=CertificateOptions(verify=True, caCerts=[ca]), **options)
+    assert kind == "error" and isinstance(error, SMTPClientError) and isinstance(error, TLSError), error
+    assert [m.content for m in other_name.recorder.messages] == [b"Subject: theirs\r\n\r\nx\r\n"]

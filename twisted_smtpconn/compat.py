@@ -141,10 +141,11 @@ class ESMTPSenderFactory(ClientFactory):
     * ``contextFactory``: ``None``; a dict of this library's TLS settings
       (``ca_certs``, ``reject_unauthorized``, ...); an
       ``IOpenSSLClientConnectionCreator`` such as ``optionsForClientTLS(...)``,
-      used as it is; or a legacy context factory (``ClientContextFactory``,
-      ``CertificateOptions``), which twisted.mail used without checking the
-      server at all and which is replaced here by verified TLS (with a
-      warning in the log).
+      used as it is; or a legacy context factory, which twisted.mail used as
+      it was: a ``ClientContextFactory`` checked nothing and is replaced by
+      the library's verified default; a ``CertificateOptions(verify=True)``
+      checked the chain but never the host name, and keeps its trust root
+      with the name checked too (both with a warning in the log).
     * ``hostname``: the name the certificate must carry (and the host for
       the library's loopback checks).  Without it, the name given to
       ``connectTCP`` is used when a ``contextFactory`` asks for TLS; with
@@ -200,7 +201,8 @@ class ESMTPSenderFactory(ClientFactory):
         self.requireTransportSecurity = requireTransportSecurity
         self.hostname = _text(hostname, "hostname") if hostname is not None else None
         self._tls_option = _check_context_factory(contextFactory)
-        self._legacy_context = contextFactory is not None and self._tls_option is None
+        #: A context factory of the kind twisted.mail used without any check.
+        self._legacy_context: Any = contextFactory if contextFactory is not None and self._tls_option is None else None
         self._wants_tls = contextFactory is not None
         #: True once ``deferred`` fired (or the send was cancelled).
         self.sendFinished = False
@@ -254,19 +256,15 @@ class ESMTPSenderFactory(ClientFactory):
         already_tls = ISSLTransport.providedBy(transport)
         host = self.hostname or self._destination_host() or peer.host
         starttls = not already_tls and (self.hostname is not None or self._wants_tls)
-        if self._legacy_context and starttls:
-            _log.warn(
-                "twisted_smtpconn.compat: the contextFactory given for {host} does not check the server's "
-                "certificate; verified TLS is used instead (pass contextFactory={{'reject_unauthorized': False}} "
-                "to keep the old behaviour)",
-                host=host,
-            )
         replies = RecipientReplies()
         timeouts: dict[str, Any] = {}
         if self.timeout is not None:
             timeouts = {"greeting_timeout": float(self.timeout), "socket_timeout": float(self.timeout)}
         try:
-            conn = self._connection_for(relay, replies, host, starttls, already_tls, timeouts)
+            tls = self._tls_option
+            if self._legacy_context is not None and starttls:
+                tls = _replace_legacy_context(self._legacy_context, host)
+            conn = self._connection_for(relay, replies, host, starttls, already_tls, tls, timeouts)
         except BaseException:
             transport.abortConnection()  # nobody else will close it
             raise
@@ -302,7 +300,7 @@ class ESMTPSenderFactory(ClientFactory):
             self._connection = None
 
     def _connection_for(
-        self, relay: Relay, replies: RecipientReplies, host: str, starttls: bool, already_tls: bool,
+        self, relay: Relay, replies: RecipientReplies, host: str, starttls: bool, already_tls: bool, tls: Any,
         timeouts: dict[str, Any],
     ) -> SMTPConnection:
         """The library's connection over the relay's transport, with the factory's settings."""
@@ -314,7 +312,7 @@ class ESMTPSenderFactory(ClientFactory):
             endpoint=ConnectedEndpoint(relay, on_protocol=replies.watch),
             name=name,
             ignore_tls=not starttls,
-            tls=self._tls_option,
+            tls=tls,
             # The application's connectSSL made the transport TLS already.
             allow_insecure_auth=already_tls,
             reactor=self._reactor,
@@ -401,21 +399,52 @@ async def _close(conn: SMTPConnection) -> None:
 def _check_context_factory(contextFactory: object) -> Any:
     """
     The ``tls`` option for a ``contextFactory``: a settings dict or a
-    connection creator as it is; ``None`` for ``None`` and for a legacy
-    context factory (replaced by the verified default).
+    connection creator (``optionsForClientTLS``) as it is; ``None`` for
+    ``None`` and for a legacy context factory (see
+    :func:`_replace_legacy_context`).
     """
     if contextFactory is None:
         return None
     if isinstance(contextFactory, Mapping):
         return dict(contextFactory)
+    if hasattr(contextFactory, "getContext"):
+        # A context factory (ClientContextFactory, CertificateOptions), even
+        # one that also creates connections: it never checks the host name.
+        return None
     if IOpenSSLClientConnectionCreator.providedBy(contextFactory):
         return contextFactory
-    if hasattr(contextFactory, "getContext"):
-        return None
     raise TypeError(
         "contextFactory must be None, a dict of TLS settings, an IOpenSSLClientConnectionCreator "
         f"or a context factory, not {type(contextFactory).__name__}"
     )
+
+
+def _replace_legacy_context(contextFactory: Any, host: str) -> Any:
+    """
+    What a legacy context factory becomes: twisted.mail used it as it was,
+    so a ``ClientContextFactory`` checked nothing and a ``CertificateOptions``
+    at most the chain, never the host name.  Its trust root is kept when it
+    has one (the caller's private CA), with the name checked as well;
+    otherwise the library's default applies (the platform's trust store).
+    Either way a warning says so.
+    """
+    trust_root = getattr(contextFactory, "trustRoot", None) if getattr(contextFactory, "verify", False) else None
+    if trust_root is not None:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        _log.warn(
+            "twisted_smtpconn.compat: the contextFactory given for {host} checks the certificate chain but not "
+            "the host name; its trust root is kept and the name {host!r} is checked as well",
+            host=host,
+        )
+        return optionsForClientTLS(host, trustRoot=trust_root)
+    _log.warn(
+        "twisted_smtpconn.compat: the contextFactory given for {host} does not check the server's certificate; "
+        "verified TLS is used instead (pass contextFactory={{'reject_unauthorized': False}} to keep the old "
+        "behaviour)",
+        host=host,
+    )
+    return None
 
 
 def sendmail(
