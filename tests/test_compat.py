@@ -760,3 +760,24 @@ async def test_certificate_options_keep_their_ca_and_gain_a_name_check(
                                       contextFactory=CertificateOptions(verify=True, caCerts=[ca]), **options)
     assert kind == "error" and isinstance(error, SMTPClientError) and isinstance(error, TLSError), error
     assert [m.content for m in other_name.recorder.messages] == [b"Subject: theirs\r\n\r\nx\r\n"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_refused(make_aiosmtpd: Callable[..., AiosmtpdServer]) -> None:
+    """A message over the server's limit, refused after DATA: SMTPDeliveryError with the RCPT results."""
+    from twisted.mail.smtp import SMTPDeliveryError
+
+    from twisted_smtpconn import MessageError
+
+    server = make_aiosmtpd(data_size_limit=1000)
+    big = b"Subject: big\n\n" + (b"x" * 70 + b"\n") * 40
+    errors = {}
+    for label, smtp in _implementations().items():
+        kind, errors[label] = await _outcome(
+            smtp.sendmail(server.host, "a@example.com", ["b@example.net"], big, port=server.port)
+        )
+        assert kind == "error" and isinstance(errors[label], SMTPDeliveryError), (label, errors[label])
+    ours, theirs = errors["compat"], errors["twisted.mail"]
+    assert isinstance(ours, MessageError) and ours.code == theirs.code == 552
+    assert ours.addresses == theirs.addresses == [(b"b@example.net", 250, b"2.1.5 OK")]
+    assert server.recorder.messages == ()

@@ -57,7 +57,7 @@ from ._compat_transport import ConnectedEndpoint, RecipientReplies, Relay
 from ._connection import SMTPConnection
 from ._envelope import Envelope
 from ._errors import AuthenticationError as _LibraryAuthenticationError
-from ._errors import ConnectionFailedError, EnvelopeError, SMTPConnectionError, TLSError
+from ._errors import ConnectionFailedError, EnvelopeError, MessageError, SMTPConnectionError, TLSError
 
 __all__ = [
     "sendmail",
@@ -288,8 +288,10 @@ class ESMTPSenderFactory(ClientFactory):
                 )
             try:
                 info = await conn.send(Envelope(self.fromEmail, [a.decode("utf-8") for a in self.toEmail]), self.file)
-            except EnvelopeError as error:
-                if error.rejected_errors:
+            except (EnvelopeError, MessageError) as error:
+                # twisted.mail's SMTPDeliveryError carries the RCPT results
+                # when the recipients or the message were refused.
+                if error.rejected_errors or isinstance(error, MessageError):
                     raise translate(error, addresses=self._results(replies)) from None
                 raise
             return len(info.accepted), self._results(replies)
