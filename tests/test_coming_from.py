@@ -58,8 +58,9 @@ def submission(make_aiosmtpd: Callable[..., AiosmtpdServer], certs: Certs) -> Ai
 
 def _run(name: str, server: AiosmtpdServer, certs: Certs) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(EXAMPLES)}
+    program = EXAMPLES / f"job_{name}.py"
     return subprocess.run(
-        [sys.executable, str(EXAMPLES / f"job_{name}.py"), "localhost", str(server.port), certs.ca_file, USER, PASSWORD],
+        [sys.executable, str(program), "localhost", str(server.port), certs.ca_file, USER, PASSWORD],
         capture_output=True, text=True, timeout=60, env=env, check=False,
     )
 

@@ -272,9 +272,10 @@ class ESMTPSenderFactory(ClientFactory):
         try:
             await conn.connect()
             if self.requireTransportSecurity and not (already_tls or conn.secure):
-                why = (
-                    "does not offer STARTTLS" if starttls else "has no name to verify: pass hostname= or contextFactory="
-                )
+                if starttls:
+                    why = "does not offer STARTTLS"
+                else:
+                    why = "has no name to verify: pass hostname= or contextFactory="
                 raise TLSRequiredError(
                     TLSError(f"transport security is required (requireTransportSecurity) but {host} {why}; "
                              "nothing was sent")
