@@ -23,9 +23,9 @@ LOG = b"running tests\n.hidden file found\nFAILED test_resume\n"
 
 def build_message():
     message = EmailMessage()
-    message["Subject"] = "Build #7 of r\u00e9sum\u00e9-tests: \u2717 failed"
-    message["From"] = Address("B\u00fcildbot", "buildbot", "example.org")
-    message["To"] = Address("Zo\u00eb Developer", "zoe", "example.net")
+    message["Subject"] = "Build #7 of résumé-tests: ✗ failed"
+    message["From"] = Address("Büildbot", "buildbot", "example.org")
+    message["To"] = Address("Zoë Developer", "zoe", "example.net")
     message["Cc"] = Address("QA Team", "qa", "example.net")
     message["Bcc"] = "audit@example.net"
     message.set_content("The build failed.\n.A line that starts with a dot.\n")
