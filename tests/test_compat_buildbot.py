@@ -105,10 +105,19 @@ async def test_mail_notifier_to_aiosmtpd(aiosmtpd_server: AiosmtpdServer, monkey
 
     from twisted_smtpconn import compat
 
-    monkeypatch.setattr(buildbot_mail, "ESMTPSenderFactory", compat.ESMTPSenderFactory)
+    made: list[compat.ESMTPSenderFactory] = []
+
+    def factory(*args: Any, **kwargs: Any) -> compat.ESMTPSenderFactory:
+        made.append(compat.ESMTPSenderFactory(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(buildbot_mail, "ESMTPSenderFactory", factory)
     notifier = await _notifier(relayhost=aiosmtpd_server.host, smtpPort=aiosmtpd_server.port)
     marker = f"buildbot-aiosmtpd-{os.getpid()}"
     await guard(notifier.sendMessage(_reports(marker)))
+    # Buildbot built the drop-in with its own arguments, and it did the sending.
+    (sender,) = made
+    assert sender.sendFinished and sender.requireTransportSecurity is False and sender.hostname is None
     (received,) = await aiosmtpd_server.recorder.when_received(1, reactor)
     assert received.mail_from == "buildbot@example.org"
     assert sorted(received.rcpt_tos) == ["dev@example.net", "team@example.net"]
