@@ -11,7 +11,7 @@ signatures are twisted.mail's, ``sendmail`` and the factory's ``deferred``
 fire with twisted.mail's ``(numOk, [(address, code, response), ...])``
 (``address`` and ``response`` as ``bytes``, ``code`` as ``int``), and every
 error is an instance of the twisted.mail class for the failure *and* of
-this library's error class (see :mod:`._compat_errors`).  What changes is the
+this library's error class for it (the classes exported here).  What changes is the
 client underneath: certificates verified, dot-stuffing and line ends done
 right, PIPELINING used, no credentials in error text.
 
