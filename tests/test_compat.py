@@ -805,3 +805,43 @@ async def test_message_refused(make_aiosmtpd: Callable[..., AiosmtpdServer]) -> 
     assert isinstance(ours, MessageError) and ours.code == theirs.code == 552
     assert ours.addresses == theirs.addresses == [(b"b@example.net", 250, b"2.1.5 OK")]
     assert server.recorder.messages == ()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_ssl_without_checks_is_named_in_the_log(
+    make_aiosmtpd: Callable[..., AiosmtpdServer], certs: Certs
+) -> None:
+    """
+    ``connectSSL`` with a ``ClientContextFactory`` (Buildbot's ``useSmtps``):
+    the handshake is the application's, done before the drop-in runs, so it
+    cannot be checked afterwards; the drop-in sends, as twisted.mail did, and
+    says so in the log.  With a verifying context it says nothing.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.ssl import Certificate, ClientContextFactory, optionsForClientTLS
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+    server = make_aiosmtpd(ssl_context=server_ssl_context(certs.untrusted))
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        outcome = await _factory_send(
+            _implementations()["compat"], server, b"Subject: smtps\n\nx\n", connect_ssl=ClientContextFactory(),
+            requireTransportSecurity=True,
+        )
+        warnings = [formatEvent(e) for e in events if e.get("log_namespace") == "twisted_smtpconn.compat"]
+        assert outcome == ("ok", (1, [(b"bob@example.net", 250, b"2.1.5 OK")]))
+        assert len(warnings) == 1 and "does not check the server's certificate" in warnings[0]
+
+        good = make_aiosmtpd(ssl_context=server_ssl_context(certs.server))
+        events.clear()
+        creator = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(certs.ca.cert_pem.bytes()))
+        outcome = await _factory_send(
+            _implementations()["compat"], good, b"Subject: smtps\n\nx\n", connect_ssl=creator,
+            requireTransportSecurity=True,
+        )
+        assert outcome[0] == "ok"
+        assert [e for e in events if e.get("log_namespace") == "twisted_smtpconn.compat"] == []
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    await server.recorder.when_received(1, reactor)

@@ -256,6 +256,13 @@ class ESMTPSenderFactory(ClientFactory):
         already_tls = ISSLTransport.providedBy(transport)
         host = self.hostname or self._destination_host() or peer.host
         starttls = not already_tls and (self.hostname is not None or self._wants_tls)
+        if already_tls and not _verifies_peer(transport):
+            _log.warn(
+                "twisted_smtpconn.compat: the connection to {host} was made TLS by the application (connectSSL) "
+                "with a context that does not check the server's certificate; the drop-in cannot check it "
+                "afterwards: pass a verifying context such as optionsForClientTLS({host!r}), or use STARTTLS",
+                host=host,
+            )
         replies = RecipientReplies()
         timeouts: dict[str, Any] = {}
         if self.timeout is not None:
@@ -388,6 +395,17 @@ class ESMTPSenderFactory(ClientFactory):
             self.currentProtocol.transport.abortConnection()  # type: ignore[attr-defined]
         elif self._connector is not None:
             self._connector.disconnect()
+
+
+def _verifies_peer(transport: Any) -> bool:
+    """Whether the TLS context of an application-made TLS transport checks the server's certificate."""
+    try:
+        from OpenSSL import SSL
+
+        mode: int = transport.getHandle().get_context().get_verify_mode()
+    except Exception:  # noqa: BLE001 - not an OpenSSL transport: nothing to say
+        return True
+    return bool(mode & SSL.VERIFY_PEER)
 
 
 async def _close(conn: SMTPConnection) -> None:
