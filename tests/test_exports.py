@@ -77,10 +77,14 @@ def test_all_is_the_contract() -> None:
     assert len(twisted_smtpconn.__all__) == len(set(twisted_smtpconn.__all__)), "__all__ repeats a name"
 
 
+#: Public submodules: once imported they are attributes of the package too.
+PUBLIC_SUBMODULES = {"compat"}
+
+
 def test_no_other_public_attributes() -> None:
     """Anything else the package shows without a leading underscore leaks."""
     public = {name for name in vars(twisted_smtpconn) if not name.startswith("_")}
-    assert public == set(PUBLIC_NAMES)
+    assert public - PUBLIC_SUBMODULES == set(PUBLIC_NAMES)
 
 
 def test_star_import_gives_exactly_all() -> None:
@@ -177,3 +181,33 @@ def test_twistd_plugins_do_not_install_a_reactor(tmp_path: Path) -> None:
     child = _run_child(code, tmp_path)
     assert child.returncode == 0, child.stderr
     assert "smtpsend" in child.stdout
+
+
+def test_compat_names() -> None:
+    """``twisted_smtpconn.compat``: twisted.mail's two entry points and its error names."""
+    from twisted_smtpconn import compat
+
+    assert compat.__all__[:2] == ["sendmail", "ESMTPSenderFactory"]
+    assert sorted(compat.__all__) == sorted(
+        ["sendmail", "ESMTPSenderFactory", "CompatError", "SMTPDeliveryError", "SenderRefusedError",
+         "RecipientsRefusedError", "MessageRefusedError", "MessageReadError", "SMTPConnectError",
+         "SMTPSocketError", "SMTPTimeoutError", "SMTPProtocolError", "SMTPTLSError", "TLSRequiredError",
+         "AUTHRequiredError", "AUTHDeclinedError", "AuthenticationError"]
+    )
+    for name in compat.__all__:
+        assert getattr(compat, name).__module__.startswith("twisted_smtpconn."), name
+
+
+def test_compat_import_has_none_of_twisted_mail_smtps_side_effects(tmp_path: Path) -> None:
+    """
+    ``twisted_smtpconn.compat`` derives its errors from twisted.mail's classes
+    without importing ``twisted.mail.smtp``, whose import installs the reactor
+    and looks up this host's name.
+    """
+    code = (
+        "import sys, twisted_smtpconn.compat; "
+        "assert 'twisted.internet.reactor' not in sys.modules, 'reactor'; "
+        "assert 'twisted.mail.smtp' not in sys.modules, 'twisted.mail.smtp'"
+    )
+    child = _run_child(code, tmp_path)
+    assert child.returncode == 0, child.stderr

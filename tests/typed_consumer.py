@@ -204,3 +204,19 @@ async def email_objects(conn: SMTPConnection, pool: SMTPPool, reactor: IReactorT
     demanded: bool = required.require_tls
     print(demanded)
     return [await from_headers, await given, await one_call, await pool.send_message(b"From: a@b.test\r\n\r\nx")]
+
+async def via_compat(reactor: IReactorTCP) -> int:
+    """twisted.mail-style code on the drop-in: the result tuple and both error families."""
+    from twisted_smtpconn import compat
+
+    try:
+        number_ok, addresses = await compat.sendmail(
+            "smtp.example.test", "me@example.test", [b"you@example.test"], b"Subject: hi\n\nhello\n", port=587
+        )
+    except compat.SMTPDeliveryError as error:
+        code: int = error.code
+        library_code: str = error.error_code
+        return code + len(library_code)
+    for address, reply_code, response in addresses:
+        print(address.decode(), reply_code + 1, response.decode())
+    return number_ok
