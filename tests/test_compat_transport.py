@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_smtpconn import ConnectionFailedError
-from twisted_smtpconn._compat_transport import ConnectedEndpoint, RecipientReplies, Relay
+from twisted_smtpconn._compat_transport import ConnectedEndpoint, Relay
 
 
 @implementer(IHandshakeListener)
@@ -87,50 +87,12 @@ def test_handshake_after_attach_is_passed_on() -> None:
 
 def test_endpoint_connects_once() -> None:
     relay, transport, _ = _connected_relay()
-    seen: list[Protocol] = []
-    endpoint = ConnectedEndpoint(relay, on_protocol=seen.append)
+    endpoint = ConnectedEndpoint(relay)
     factory = Factory.forProtocol(Recorder)
     d = endpoint.connect(factory)
-    (protocol,) = seen
-    assert d.result is protocol and protocol.events == [("made", transport)]  # type: ignore[attr-defined]
+    protocol = d.result
+    assert isinstance(protocol, Recorder) and protocol.events == [("made", transport)]
     again = endpoint.connect(factory)
     failure = again.result
     assert isinstance(failure, Failure) and isinstance(failure.value, ConnectionFailedError)
     again.addErrback(lambda _: None)
-
-
-def test_recipient_replies_are_recorded_from_the_protocol() -> None:
-    """The recorder pairs each RCPT line with its reply, pipelined or not."""
-    from twisted.internet.defer import Deferred
-
-    from twisted_smtpconn._reply import Reply
-
-    class Protocol_:
-        def __init__(self) -> None:
-            self.pending: list[Deferred[Reply]] = []
-
-        def send_command(self, line: bytes, **kwargs: Any) -> Deferred[Reply]:
-            d: Deferred[Reply] = Deferred()
-            self.pending.append(d)
-            return d
-
-        def send_commands(self, lines: list[bytes]) -> list[Deferred[Reply]]:
-            return [self.send_command(line) for line in lines]
-
-    protocol = Protocol_()
-    replies = RecipientReplies()
-    replies.watch(protocol)
-    protocol.send_commands([b"MAIL FROM:<a@x>", b"RCPT TO:<b@x> NOTIFY=NEVER", b"RCPT TO:<c@x>", b"DATA"])
-    protocol.send_command(b"RCPT TO:<d@x>")
-    for d, reply in zip(
-        protocol.pending,
-        [Reply(250, ("ok",)), Reply(250, ("2.1.5 b ok",)), Reply(550, ("5.1.1 no", "such user")),
-         Reply(354, ("go",)), Reply(451, ("later",))],
-    ):
-        d.callback(reply)
-    assert replies.replies == [("b@x", 250, "2.1.5 b ok"), ("c@x", 550, "5.1.1 no\nsuch user"), ("d@x", 451, "later")]
-
-
-def test_recipient_replies_refuse_a_protocol_without_the_methods() -> None:
-    with pytest.raises(RuntimeError, match="cannot observe RCPT replies"):
-        RecipientReplies().watch(object())

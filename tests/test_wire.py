@@ -689,3 +689,15 @@ def test_without_debug_no_transcript() -> None:
     text = [formatEvent(e) for e in events]
     assert not any(" C: " in t or " S: " in t for t in text)
     assert any("connected to" in t for t in text)
+
+
+def test_send_info_holds_every_recipients_reply() -> None:
+    wire = connected()
+    d = wire.conn.send(Envelope("a@x.org", ["b@x.org", "c@x.org"]), b"m")
+    wire.server(b"250 ok\r\n", b"250-2.1.5 b ok\r\n250 really\r\n", b"550 5.1.1 no c\r\n", b"354 go\r\n", b"250 queued\r\n")
+    info = result(d)
+    assert info.recipient_replies == [("b@x.org", 250, "2.1.5 b ok\nreally"), ("c@x.org", 550, "5.1.1 no c")]
+    d = wire.conn.send(Envelope("a@x.org", ["d@x.org"]), b"m")
+    wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"552 5.3.4 too big\r\n")
+    error = failure(d)
+    assert error.code == "EMESSAGE" and error.recipient_replies == [("d@x.org", 250, "ok")]

@@ -379,7 +379,7 @@ async def bdat_transaction(
         if refused is not None:
             if not refused.closes_connection:
                 await reset_session(protocol)
-            raise refused
+            raise outcome.mark(refused)
 
     return SendInfo(
         accepted=outcome.accepted,
@@ -389,6 +389,7 @@ async def bdat_transaction(
         envelope_time=envelope_time,
         message_time=message_time,
         message_size=raw_size[0] if encoder is None else encoder.message_size,
+        recipient_replies=outcome.replies,
     )
 
 
@@ -433,7 +434,7 @@ async def _raise_for_refusal(exchange: _Exchange, commands: Commands, stream_err
             if not (reply.is_transient or reply.is_permanent):
                 raise ProtocolError.from_reply("the server's reply to a BDAT chunk does not fit", reply, text)
             await reset_session(protocol)
-            raise MessageError.from_reply("the server refused a BDAT chunk", reply, text)
+            raise outcome.mark(MessageError.from_reply("the server refused a BDAT chunk", reply, text))
     if not exchange.last_sent:
         # Nothing was refused and the source did not fail, yet LAST was
         # not sent: the connection failed between two chunks.

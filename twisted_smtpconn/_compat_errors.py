@@ -103,6 +103,8 @@ class CompatError(SMTPConnectionError):
         self.recipient = error.recipient
         self.rejected_errors = list(error.rejected_errors)
         self.delivery_unknown = error.delivery_unknown
+        self.recipient_replies = list(error.recipient_replies)
+        self._closes_connection = error.closes_connection
         self.error_code = error.code
         self.code = error.response_code if error.response_code is not None else -1
         self.resp: bytes = _reply_text(error).encode("utf-8")
@@ -125,9 +127,8 @@ class CompatError(SMTPConnectionError):
             return 400 <= self.response_code < 500
         return self.error_code in ("ECONNECTION", "ETIMEDOUT", "ESOCKET")
 
-    @property
-    def closes_connection(self) -> bool:
-        return self.error_code in ("ECONNECTION", "ETIMEDOUT", "ETLS", "ESOCKET", "EPROTOCOL")
+    # closes_connection is the library's as it was (copied above), so the
+    # base class's property, which reads ``code`` only when unset, is right.
 
 
 def _reply_text(error: SMTPConnectionError) -> str:

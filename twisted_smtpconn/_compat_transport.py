@@ -17,8 +17,6 @@ meet here:
 * :class:`ConnectedEndpoint` is the endpoint given to ``SMTPConnection``:
   its ``connect(factory)`` builds the library's protocol and attaches it to
   the relay's transport, which is already connected.
-* :class:`RecipientReplies` records the reply to each ``RCPT TO`` command,
-  which twisted.mail reports for every recipient, accepted ones included.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from zope.interface import implementer
 
 from ._errors import ConnectionFailedError
 
-__all__ = ["Relay", "ConnectedEndpoint", "RecipientReplies"]
+__all__ = ["Relay", "ConnectedEndpoint"]
 
 
 @implementer(IHandshakeListener)
@@ -98,16 +96,10 @@ class Relay(Protocol):
 
 @implementer(IStreamClientEndpoint)
 class ConnectedEndpoint:
-    """
-    An endpoint whose one connection is the relay's, already made.
+    """An endpoint whose one connection is the relay's, already made."""
 
-    :param on_protocol: called with each protocol it attaches, before the
-        protocol sees any byte (the recipient-reply recorder hooks in here).
-    """
-
-    def __init__(self, relay: Relay, on_protocol: Any = None) -> None:
+    def __init__(self, relay: Relay) -> None:
         self._relay = relay
-        self._on_protocol = on_protocol
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
         relay = self._relay
@@ -122,84 +114,5 @@ class ConnectedEndpoint:
         protocol = protocolFactory.buildProtocol(relay.transport.getPeer())
         if protocol is None:
             return fail(ConnectionFailedError("the protocol factory refused the connection"))
-        if self._on_protocol is not None:
-            try:
-                self._on_protocol(protocol)
-            except Exception as error:  # noqa: BLE001 - reported on the Deferred
-                return fail(error)
         relay.attach(protocol)
         return succeed(protocol)
-
-
-class RecipientReplies:
-    """
-    Records the reply to every ``RCPT TO`` the library's protocol sends.
-
-    :class:`~twisted_smtpconn.SendInfo` names the accepted recipients but
-    not what the server said to each, which twisted.mail's result holds.
-    Until it does, the replies are read off the protocol's command methods
-    (``send_command``/``send_commands``), wrapped on this one instance.
-
-    :ivar replies: ``(address, code, text)`` per RCPT, in command order.
-    """
-
-    def __init__(self) -> None:
-        self.replies: list[tuple[str, int, str]] = []
-
-    def watch(self, protocol: Any) -> None:
-        """
-        Wrap ``protocol``'s command methods.
-
-        :raises RuntimeError: when the protocol has no such methods (the
-            library changed underneath compat: its tests fail loudly).
-        """
-        send_command = getattr(protocol, "send_command", None)
-        send_commands = getattr(protocol, "send_commands", None)
-        if send_command is None or send_commands is None:
-            raise RuntimeError("twisted_smtpconn.compat cannot observe RCPT replies of this protocol")
-
-        inside_several = False
-
-        def one(line: bytes, **kwargs: Any) -> Deferred[Any]:
-            d: Deferred[Any] = send_command(line, **kwargs)
-            if not inside_several:
-                self._observe(line, d)
-            return d
-
-        def several(lines: list[bytes]) -> list[Deferred[Any]]:
-            # send_commands may be written on top of send_command: count once.
-            nonlocal inside_several
-            inside_several = True
-            try:
-                waiters: list[Deferred[Any]] = send_commands(lines)
-            finally:
-                inside_several = False
-            for line, d in zip(lines, waiters):
-                self._observe(line, d)
-            return waiters
-
-        protocol.send_command = one
-        protocol.send_commands = several
-
-    def _observe(self, line: bytes, d: Deferred[Any]) -> None:
-        if not line[:8].upper() == b"RCPT TO:":
-            return
-        address = _rcpt_address(line)
-        slot = len(self.replies)
-        self.replies.append((address, -1, ""))
-
-        def record(reply: Any) -> Any:
-            self.replies[slot] = (address, reply.code, "\n".join(reply.lines))
-            return reply
-
-        d.addCallback(record)
-
-
-def _rcpt_address(line: bytes) -> str:
-    """The path of a ``RCPT TO:<path> params`` line the library rendered."""
-    text = line[8:].decode("utf-8", "replace").strip()
-    if text.startswith("<"):
-        end = text.find(">")
-        if end != -1:
-            return text[1:end]
-    return text.split(" ", 1)[0]

@@ -127,7 +127,7 @@ async def data_transaction(
     assert data_reply is not None
     if data_reply.code != _GO_AHEAD:
         if data_reply.is_transient or data_reply.is_permanent:
-            error: SMTPConnectionError = MessageError.from_reply("the server refused DATA", data_reply, "DATA")
+            error = outcome.mark(MessageError.from_reply("the server refused DATA", data_reply, "DATA"))
             await reset_session(protocol)
             raise error
         raise ProtocolError.from_reply(
@@ -169,7 +169,7 @@ async def data_transaction(
     else:
         refused = final_reply_error(replies[0], b".")
         if refused is not None:
-            raise refused
+            raise outcome.mark(refused)
     return SendInfo(
         accepted=outcome.accepted,
         rejected=outcome.rejected,
@@ -178,4 +178,5 @@ async def data_transaction(
         envelope_time=envelope_time,
         message_time=clock.seconds() - message_started,
         message_size=encoder.message_size,
+        recipient_replies=outcome.replies,
     )

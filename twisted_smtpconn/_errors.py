@@ -61,6 +61,10 @@ class SMTPConnectionError(Exception):
     :ivar recipient: for a rejected recipient, the address; else ``None``.
     :ivar rejected_errors: for an all-recipients-rejected failure, one error
         per recipient; else empty.
+    :ivar recipient_replies: for a failed send whose recipients were
+        answered, ``(address, code, text)`` of each RCPT reply, in order (as
+        :attr:`SendInfo.recipient_replies <twisted_smtpconn.SendInfo>`);
+        else empty.
     :ivar delivery_unknown: ``True`` when the whole message, final dot
         included, was sent but the connection failed before the server's
         reply: the server may have accepted it (RFC 1047).  Never retry such
@@ -92,6 +96,7 @@ class SMTPConnectionError(Exception):
         self.recipient = recipient
         self.rejected_errors = list(rejected_errors)
         self.delivery_unknown = False
+        self.recipient_replies: list[tuple[str, int, str]] = []
         self._closes_connection: bool | None = None
 
     @classmethod

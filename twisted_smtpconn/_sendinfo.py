@@ -26,6 +26,9 @@ class SendInfo:
         the final reply.
     :ivar message_size: bytes of the normalised message (CRLF line ends,
         before dot-stuffing, without the terminating ``.`` line).
+    :ivar recipient_replies: what the server answered to each ``RCPT TO``,
+        as ``(address, code, text)`` in the order sent, accepted and
+        refused alike (``text`` joins a multi-line reply with newlines).
     """
 
     accepted: list[str]
@@ -35,3 +38,4 @@ class SendInfo:
     envelope_time: float
     message_time: float
     message_size: int
+    recipient_replies: list[tuple[str, int, str]] = field(default_factory=list, repr=False)

@@ -90,6 +90,13 @@ class Recipients:
     errors: list[SMTPConnectionError] = field(default_factory=list)
     refusal: SMTPConnectionError | None = None
     mail_accepted: bool = True
+    #: ``(address, code, text)`` of each RCPT reply, in order.
+    replies: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def mark(self, error: SMTPConnectionError) -> SMTPConnectionError:
+        """``error`` carrying the recipients' replies, for the caller to read."""
+        error.recipient_replies = list(self.replies)
+        return error
 
 
 def _text(line: bytes) -> str:
@@ -117,6 +124,7 @@ def sort_envelope(commands: Commands, replies: list[Reply]) -> Recipients:
     outcome = Recipients()
     for (address, line), reply in zip(commands.rcpts, replies[1:]):
         _check_envelope_reply(reply, line)
+        outcome.replies.append((address, reply.code, reply.text))
         if reply.is_positive:
             outcome.accepted.append(address)
             continue
@@ -134,6 +142,7 @@ def sort_envelope(commands: Commands, replies: list[Reply]) -> Recipients:
             enhanced_status=last.enhanced_status,
             rejected_errors=outcome.errors,
         )
+        outcome.mark(outcome.refusal)
     return outcome
 
 

@@ -53,7 +53,7 @@ from ._compat_errors import (
     TLSRequiredError,
     translate,
 )
-from ._compat_transport import ConnectedEndpoint, RecipientReplies, Relay
+from ._compat_transport import ConnectedEndpoint, Relay
 from ._connection import SMTPConnection
 from ._envelope import Envelope
 from ._errors import AuthenticationError as _LibraryAuthenticationError
@@ -263,7 +263,6 @@ class ESMTPSenderFactory(ClientFactory):
                 "afterwards: pass a verifying context such as optionsForClientTLS({host!r}), or use STARTTLS",
                 host=host,
             )
-        replies = RecipientReplies()
         timeouts: dict[str, Any] = {}
         if self.timeout is not None:
             timeouts = {"greeting_timeout": float(self.timeout), "socket_timeout": float(self.timeout)}
@@ -271,7 +270,7 @@ class ESMTPSenderFactory(ClientFactory):
             tls = self._tls_option
             if self._legacy_context is not None and starttls:
                 tls = _replace_legacy_context(self._legacy_context, host)
-            conn = self._connection_for(relay, replies, host, starttls, already_tls, tls, timeouts)
+            conn = self._connection_for(relay, host, starttls, already_tls, tls, timeouts)
         except BaseException:
             transport.abortConnection()  # nobody else will close it
             raise
@@ -300,9 +299,9 @@ class ESMTPSenderFactory(ClientFactory):
                 # twisted.mail's SMTPDeliveryError carries the RCPT results
                 # when the recipients or the message were refused.
                 if error.rejected_errors or isinstance(error, MessageError):
-                    raise translate(error, addresses=self._results(replies)) from None
+                    raise translate(error, addresses=self._results(error.recipient_replies)) from None
                 raise
-            return len(info.accepted), self._results(replies)
+            return len(info.accepted), self._results(info.recipient_replies)
         except SMTPConnectionError as error:
             raise translate(error) from None
         finally:
@@ -310,8 +309,7 @@ class ESMTPSenderFactory(ClientFactory):
             self._connection = None
 
     def _connection_for(
-        self, relay: Relay, replies: RecipientReplies, host: str, starttls: bool, already_tls: bool, tls: Any,
-        timeouts: dict[str, Any],
+        self, relay: Relay, host: str, starttls: bool, already_tls: bool, tls: Any, timeouts: dict[str, Any],
     ) -> SMTPConnection:
         """The library's connection over the relay's transport, with the factory's settings."""
         peer = relay.transport.getPeer()  # type: ignore[union-attr]
@@ -319,7 +317,7 @@ class ESMTPSenderFactory(ClientFactory):
         return SMTPConnection(
             host,
             getattr(peer, "port", None) or 25,
-            endpoint=ConnectedEndpoint(relay, on_protocol=replies.watch),
+            endpoint=ConnectedEndpoint(relay),
             name=name,
             ignore_tls=not starttls,
             tls=tls,
@@ -335,9 +333,8 @@ class ESMTPSenderFactory(ClientFactory):
         host = getattr(self._connector.getDestination(), "host", None)
         return host if isinstance(host, str) else None
 
-    def _results(self, replies: RecipientReplies) -> list[RecipientResult]:
+    def _results(self, recorded: list[tuple[str, int, str]]) -> list[RecipientResult]:
         """twisted.mail's ``addresses``: ``(address, code, response)`` per recipient, in order."""
-        recorded = replies.replies
         if len(recorded) != len(self.toEmail):
             # Not one RCPT per address (the library merged duplicates): by address.
             by_address = {address: (address, code, text) for address, code, text in recorded}
