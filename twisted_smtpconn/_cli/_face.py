@@ -65,6 +65,19 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
+def _number(kind: type[int] | type[float], flag: str) -> Any:
+    """A parser for a numeric flag whose error names the flag (ranges: ``_settings``)."""
+
+    def parse(value: str) -> int | float:
+        try:
+            return kind(value)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise ValueError(f"--{flag} must be {what}, not {value!r}") from None
+
+    return parse
+
+
 def _quit_after(value: str) -> str:
     stage = value.strip().lower()
     if stage in _NOT_YET:
@@ -101,14 +114,14 @@ class SendOptions(usage.Options):
     optParameters: list[list[Any]] = [
         # Where to connect (default: the embedded capture server).
         ["host", "s", None, "SMTP server host name or address (default: embedded server)."],
-        ["port", "p", None, "Server port (default 465 with --secure, else 25).", int],
+        ["port", "p", None, "Server port (default 465 with --secure, else 25).", _number(int, "port")],
         ["unix-socket", None, None, "Connect to this UNIX socket instead of TCP (e.g. --lmtp to a delivery agent)."],
         # ["proxy", None, None, "..."]: goes here once SMTPConnection takes proxy=.
         ["name", None, None, "EHLO/LHLO name (default: this host's name)."],
         ["local-address", None, None, "Local address to connect from."],
-        ["connection-timeout", None, None, "Seconds to connect (default 120).", float],
-        ["greeting-timeout", None, None, "Seconds to wait for the greeting (default 30).", float],
-        ["socket-timeout", None, None, "Seconds of inactivity allowed (default 600).", float],
+        ["connection-timeout", None, None, "Seconds to connect (default 120).", _number(float, "connection-timeout")],
+        ["greeting-timeout", None, None, "Seconds to wait for the greeting (default 30).", _number(float, "greeting-timeout")],
+        ["socket-timeout", None, None, "Seconds of inactivity allowed (default 600).", _number(float, "socket-timeout")],
         # TLS.
         ["ca-certs", None, None, "PEM file of CA certificates to trust (default: the system store)."],
         ["tls-servername", None, None, "Name to verify the certificate against (default: host)."],
@@ -134,11 +147,12 @@ class SendOptions(usage.Options):
         ["dsn-notify", None, None, "DSN NOTIFY: NEVER or a comma list of SUCCESS,FAILURE,DELAY."],
         ["dsn-envid", None, None, "DSN ENVID."],
         # How.
-        ["connections", None, None, "Parallel connections (1-100, default 1).", int],
+        ["connections", None, None, "Parallel connections (1-100, default 1).", _number(int, "connections")],
         ["max-messages-per-connection", None, None,
-         "Messages over one connection before it is replaced (default 100).", int],
+         "Messages over one connection before it is replaced (default 100).",
+         _number(int, "max-messages-per-connection")],
         ["rate", None, None, "Start at most LIMIT messages per SECONDS, e.g. 10/1 (default: no limit)."],
-        ["retries", None, None, "Retries of a message that failed before the server had it, 0-10 (default 0).", int],
+        ["retries", None, None, "Retries of a message that failed before the server had it, 0-10 (default 0).", _number(int, "retries")],
         ["quit-after", None, None,
          "Test the server without sending: stop after connect, greeting, ehlo, tls or auth.", _quit_after],
         ["report", None, None, "Write one JSON line per message to this file."],

@@ -171,11 +171,17 @@ def bare_address(sender: str) -> str:
     The address of ``"Name <a@b>"`` (or of ``a@b``), for the envelope.
 
     The display name belongs in the From field; the envelope takes only the
-    address.  Text that does not parse as an address is returned as it is,
-    for the envelope check to refuse with its own words.
+    address.
+
+    :raises ValueError: for text that is not one address.
     """
-    name, address = email.utils.parseaddr(sender)
-    return address if address else sender.strip()
+    text = sender.strip()
+    if "<" not in text and ">" not in text:
+        return text  # a bare address: the envelope check judges it
+    name, address = email.utils.parseaddr(text)
+    if not address or not text.endswith(">") or text.count("<") != 1 or text.count(">") != 1:
+        raise ValueError(f"sender {sender!r} is not 'Name <address>' or an address")
+    return address
 
 
 def compose_message(
@@ -454,16 +460,16 @@ def make_job(
     assert mail_from is not None
     if strip_bcc:
         content = MessageContent(path=content.path, data=content.data, strip_bcc=True)
-    job = Job(
-        index=index,
-        source=source,
-        mail_from=bare_address(mail_from),
-        rcpt_to=_unique(rcpt_to),
-        content=content,
-        dsn=dsn,
-        use_8bit_mime=use_8bit_mime,
-    )
     try:
+        job = Job(
+            index=index,
+            source=source,
+            mail_from=bare_address(mail_from),
+            rcpt_to=_unique(rcpt_to),
+            content=content,
+            dsn=dsn,
+            use_8bit_mime=use_8bit_mime,
+        )
         job.envelope()
     except (EnvelopeError, ValueError, TypeError) as e:
         raise usage.UsageError(f"{source}: {e}") from None
