@@ -237,7 +237,7 @@ def test_password_refusal_says_where_to_put_it() -> None:
 
 
 def test_twistd_options_keep_the_usage_error() -> None:
-    from twisted_smtpconn._cli._face import Options, SendService, makeService
+    from twisted_smtpconn._cli._twistd import Options, SendService, makeService
 
     options = Options()
     options.parseOptions(["--port", "smtp", "--spool", "d"])

@@ -12,7 +12,7 @@ from twisted.application.service import ServiceMaker
 # ServiceMaker is not annotated.
 smtpsend = ServiceMaker(  # type: ignore[no-untyped-call]
     "twisted_smtpconn smtpsend",
-    "twisted_smtpconn._cli._face",
+    "twisted_smtpconn._cli._twistd",
     "Send mail through twisted_smtpconn (default: to an embedded capture server).",
     "smtpsend",
 )
