@@ -113,13 +113,14 @@ async def test_composed_message_long_flags_python_m(tmp_path: Path, aiosmtpd_ser
     """
     --from "Name <addr>", --to twice, --cc, --bcc, --header twice,
     --body-file - (standard input), --html-body-file, --attach three times
-    (guessed, generic and overridden types): all in one message.
+    (guessed, generic and overridden types): all in one message.  A display
+    name in --to stays in the field; the envelope takes the address.
     """
     files = _files(tmp_path)
     result = await run(
         "python -m",
         ["--host", "127.0.0.1", "--port", str(aiosmtpd_server.port), "--from", "Alice Example <alice@example.test>",
-         "--to", "bob@example.test", "--to", "carol@example.test", "--cc", "dave@example.test",
+         "--to", "Bob Example <bob@example.test>", "--to", "carol@example.test", "--cc", "dave@example.test",
          "--bcc", "eve@example.test", "--header", "X-Campaign: swaks-parity 1",
          "--header", "Reply-To: replies@example.test", "--subject", "Flags", "--body-file", "-",
          "--html-body-file", str(files.html), "--attach", str(files.blob),
@@ -130,6 +131,7 @@ async def test_composed_message_long_flags_python_m(tmp_path: Path, aiosmtpd_ser
     assert result.code == EX_OK, result.out + result.err
     [message] = aiosmtpd_server.messages
     _check_composed(message, message.content, files)
+    assert parse(message.content)["To"].addresses[0].display_name == "Bob Example"
 
 
 @pytest.mark.postfix
@@ -193,6 +195,7 @@ async def test_every_mistake_is_64_and_nothing_is_sent(tmp_path: Path, aiosmtpd_
         ([*composed, "--to", "a@example.test", "--header", "Tëst: v"], "field name"),
         ([*composed, "--to", "a@example.test", "--attach", str(tmp_path / "absent.pdf")], "absent.pdf"),
         ([*composed, "--to", "a@example.test", "--from", "Ann <ann@example.test"], "not 'Name <address>'"),
+        ([*composed, "--to", "Bob <bob@example.test> <x@example.test>"], "not 'Name <address>'"),
         ([*server, "--script", script("addr.json", {"to": "bad address@example.test", "body": "b"})],
          "messages[1]"),
         ([*server, "--script", script("dsn.json", {"to": "b@example.test", "body": "b", "dsn": {"ret": "ALL"}})],

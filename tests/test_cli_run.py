@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import mailbox
 import re
 import shutil
-import sys
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

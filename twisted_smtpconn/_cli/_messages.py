@@ -166,21 +166,21 @@ def message_id_domain(sender: str) -> str:
     return domain if domain and "@" in address else "smtpsend.invalid"
 
 
-def bare_address(sender: str) -> str:
+def bare_address(text: str) -> str:
     """
     The address of ``"Name <a@b>"`` (or of ``a@b``), for the envelope.
 
-    The display name belongs in the From field; the envelope takes only the
-    address.
+    The display name belongs in the From (or To, Cc) field; the envelope
+    takes only the address.
 
     :raises ValueError: for text that is not one address.
     """
-    text = sender.strip()
-    if "<" not in text and ">" not in text:
-        return text  # a bare address: the envelope check judges it
-    name, address = email.utils.parseaddr(text)
-    if not address or not text.endswith(">") or text.count("<") != 1 or text.count(">") != 1:
-        raise ValueError(f"sender {sender!r} is not 'Name <address>' or an address")
+    stripped = text.strip()
+    if "<" not in stripped and ">" not in stripped:
+        return stripped  # a bare address: the envelope check judges it
+    name, address = email.utils.parseaddr(stripped)
+    if not address or not stripped.endswith(">") or stripped.count("<") != 1 or stripped.count(">") != 1:
+        raise ValueError(f"{text!r} is not 'Name <address>' or an address")
     return address
 
 
@@ -465,7 +465,7 @@ def make_job(
             index=index,
             source=source,
             mail_from=bare_address(mail_from),
-            rcpt_to=_unique(rcpt_to),
+            rcpt_to=_unique(bare_address(r) for r in rcpt_to),
             content=content,
             dsn=dsn,
             use_8bit_mime=use_8bit_mime,

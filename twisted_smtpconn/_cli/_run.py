@@ -532,6 +532,8 @@ def _prepare(reactor: Any, options: Mapping[str, Any], stdin: BinaryIO | None) -
     if options.get("quit-after"):
         if options["quit-after"] == "auth" and settings.user is None:
             raise usage.UsageError("--quit-after auth needs --user")
+        if options["quit-after"] == "tls" and settings.ignore_tls and not settings.secure:
+            raise usage.UsageError("--quit-after tls contradicts --ignore-tls")
         if settings.embedded:
             raise usage.UsageError("--quit-after needs --host or --unix-socket")
         return _Plan(settings, [], None)

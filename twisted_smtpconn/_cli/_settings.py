@@ -368,7 +368,7 @@ def _check_own(s: ConnectionSettings) -> None:
         raise usage.UsageError("--user needs --password-file or --password-env")
     if s.insecure and s.ca_certs is not None:
         raise usage.UsageError("--insecure contradicts --ca-certs")
-    if s.host is not None and s.unix_socket is not None and s.port is not None:
+    if s.unix_socket is not None and s.port is not None:
         raise usage.UsageError("--port contradicts --unix-socket")
     if s.embedded:
         # The embedded server decides these itself.
