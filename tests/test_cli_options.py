@@ -193,6 +193,7 @@ def test_attachment_type_guessed_or_given(tmp_path: Path) -> None:
         ["--spool", "SPOOL", "--host", "h", "--client-cert", "/nonexistent/c.pem"],
         ["--spool", "SPOOL", "--password-file", "f", "--password-env", "V"],
         ["--spool", "SPOOL", "--host", "h", "--maildir", "m"],
+        ["--script", "HOSTSCRIPT", "--maildir", "m"],
         ["--spool", "SPOOL", "--password", "hunter2"],
         ["--spool", "SPOOL", "--no-such-option"],
         ["--spool", "SPOOL", "--to", "a@x.test,b@x.test"],
@@ -213,9 +214,13 @@ def test_attachment_type_guessed_or_given(tmp_path: Path) -> None:
     ],
 )
 def test_bad_usage(argv: list[str], spool: Path) -> None:
-    prepare("--spool", str(spool))  # the baseline is fine
+    script = spool.parent / "host.json"
+    script.write_text(json.dumps({"connection": {"host": "h"}, "messages": [{"to": "a@x.test", "body": "b"}]}))
+    prepare("--spool", str(spool))  # the baselines are fine
+    prepare("--script", str(script))
+    places = {"SPOOL": str(spool), "HOSTSCRIPT": str(script)}
     with pytest.raises(usage.UsageError):
-        prepare(*[str(spool) if a == "SPOOL" else a for a in argv])
+        prepare(*[places.get(a, a) for a in argv])
 
 
 def test_pool_options() -> None:

@@ -852,7 +852,7 @@ def collect_jobs(
     return [
         _composed_job(
             index=1,
-            source="the command line",
+            source="the composed message",
             sender=fallback_from,
             to=flag_to,
             cc=flag_cc,

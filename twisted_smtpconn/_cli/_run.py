@@ -529,6 +529,8 @@ def _prepare(reactor: Any, options: Mapping[str, Any], stdin: BinaryIO | None) -
         script = load_script(Path(options["script"]))
         where = script.path.name
     settings = resolve_settings(options, script.connection if script else {}, where, reactor=reactor)
+    if options.get("maildir") is not None and not settings.embedded:
+        raise usage.UsageError("--maildir is for the embedded server; it contradicts a host or socket")
     if options.get("quit-after"):
         if options["quit-after"] == "auth" and settings.user is None:
             raise usage.UsageError("--quit-after auth needs --user")

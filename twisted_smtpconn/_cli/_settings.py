@@ -344,7 +344,7 @@ def resolve_settings(
         raise usage.UsageError(f"{_label('tls_min_version', where)} must be 1.2 or 1.3, not {version!r}")
 
     if "password_file" in merged and "password_env" in merged:
-        raise usage.UsageError(f"{where}: give a password file or a password variable, not both")
+        raise usage.UsageError(f"{where}: give --password-file or --password-env, not both")
     try:
         merged["password"] = read_password(merged.pop("password_file", None), merged.pop("password_env", None))
     except PasswordSourceError as e:

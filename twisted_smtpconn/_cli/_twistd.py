@@ -263,10 +263,6 @@ class SendOptions(usage.Options):
             raise usage.UsageError("a composed message needs at least one --to, --cc or --bcc")
         if self["script"] is not None and (self["cc"] or self["bcc"]):
             raise usage.UsageError("--cc/--bcc do not apply to --script: put Cc/Bcc in its headers")
-        if self["password-file"] is not None and self["password-env"] is not None:
-            raise usage.UsageError("give --password-file or --password-env, not both")
-        if self["maildir"] is not None and (self["host"] is not None or self["unix-socket"] is not None):
-            raise usage.UsageError("--maildir is for the embedded server; it contradicts --host")
 
 
 # -- the twistd service ------------------------------------------------------------
