@@ -136,7 +136,6 @@ def failure_stage(error: BaseException) -> str:
 # -- the embedded capture server ------------------------------------------------
 
 
-
 #: The AUTH user of the embedded server.
 EMBEDDED_USER = "smtpsend"
 
@@ -204,10 +203,7 @@ async def start_embedded(
     return EmbeddedSink(sink=sink, settings=client, maildir=target, tls_dir=tls_dir)
 
 
-
-
 # -- delivery through the pool ----------------------------------------------------
-
 
 
 #: Sends handed to the pool per connection at a time: one running, one
@@ -501,8 +497,6 @@ async def deliver_all(
         finally:
             if cut.active():
                 cut.cancel()
-
-
 
 
 # -- main ----------------------------------------------------------------------------
