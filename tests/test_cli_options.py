@@ -205,6 +205,7 @@ def test_attachment_type_guessed_or_given(tmp_path: Path) -> None:
         ["--subject", "s", "--to", "a@x.test", "--attach", "/nonexistent/file"],
         ["--subject", "s", "--to", "a@x.test", "--body", "b", "--body-file", "f"],
         ["--subject", "s", "--to", "a@x.test", "--body-file", "/nonexistent/body.txt"],
+        ["--to", "a@x.test", "--body-file", "-", "--html-body-file", "-"],
         ["--quit-after", "mail", "--host", "h"],
         ["--quit-after", "rcpt", "--host", "h"],
         ["--quit-after", "data", "--host", "h"],

@@ -259,6 +259,8 @@ class SendOptions(usage.Options):
             raise usage.UsageError("give --body or --body-file, not both")
         if self["html-body"] is not None and self["html-body-file"] is not None:
             raise usage.UsageError("give --html-body or --html-body-file, not both")
+        if self["body-file"] == "-" and self["html-body-file"] == "-":
+            raise usage.UsageError("only one of --body-file and --html-body-file can read standard input")
         if composed and not (self["to"] or self["cc"] or self["bcc"]):
             raise usage.UsageError("a composed message needs at least one --to, --cc or --bcc")
         if self["script"] is not None and (self["cc"] or self["bcc"]):
