@@ -286,7 +286,7 @@ class _Probe:
 @pytest.fixture
 def probe_server(certs: Certs) -> Iterator[_Probe]:
     from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import AuthResult, LoginPassword
+    from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
     probe = _Probe(port=free_port())
 
@@ -317,8 +317,20 @@ def probe_server(certs: Certs) -> Iterator[_Probe]:
         ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"probe", PASSWORD.encode())
         return AuthResult(success=ok, handled=False)
 
-    controller = Controller(
-        Handler(),
+    handler = Handler()
+
+    class ProbeSMTP(SMTP):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if self.session.ssl is None:  # (STARTTLS calls it again)
+                handler.note("CONNECT", self.session)
+
+    class ProbeController(Controller):
+        def factory(self) -> SMTP:
+            return ProbeSMTP(self.handler, **self.SMTP_kwargs)
+
+    controller = ProbeController(
+        handler,
         hostname="127.0.0.1",
         port=probe.port,
         tls_context=server_ssl_context(certs.server),
@@ -343,11 +355,11 @@ async def test_quit_after_each_stage(tmp_path: Path, certs: Certs, probe_server:
     base = ["--host", "127.0.0.1", "--port", str(probe_server.port), "--ca-certs", certs.ca_file,
             "--user", "probe", "--password-file", str(tmp_path / "pw")]
     expected = {
-        "connect": [],  # connected and closed: not even EHLO
-        "greeting": ["EHLO", "QUIT"],  # the library reads the greeting and says EHLO in one step
-        "ehlo": ["EHLO", "QUIT"],
-        "tls": ["EHLO", "EHLO", "QUIT"],
-        "auth": ["EHLO", "EHLO", "QUIT"],
+        "connect": ["CONNECT"],  # connected and closed: not even EHLO
+        "greeting": ["CONNECT", "EHLO", "QUIT"],  # the library reads the greeting and says EHLO in one step
+        "ehlo": ["CONNECT", "EHLO", "QUIT"],
+        "tls": ["CONNECT", "EHLO", "EHLO", "QUIT"],
+        "auth": ["CONNECT", "EHLO", "EHLO", "QUIT"],
     }
     for stage, commands in expected.items():
         probe_server.clear()

@@ -410,6 +410,7 @@ def test_json_script_equivalent(tmp_path: Path) -> None:
         (".json", '{"messages": [{"to": "a@x"}]}', "needs eml"),
         (".json", '{"messages": [{"to": "a@x", "eml": "m", "subject": "s"}]}', "contradicts"),
         (".json", '{"messages": [{"to": 5, "body": "b"}]}', "to must be"),
+        (".json", '{"messages": [{"to": "a@x,b@x", "body": "b"}]}', "use a list"),
         (".json", '{"messages": [{"to": "a@x", "body": "b", "dsn": {"notify": "NEVER,DELAY"}}]}', "NEVER"),
         (".json", '{"messages": [{"to": "a@x", "body": "b", "dsn": {"ret": "X"}}]}', "'FULL' or 'HDRS'"),
         (".json", '{"messages": [{"to": "a@x", "body": "b", "headers": {"a": 1}}]}', "headers"),

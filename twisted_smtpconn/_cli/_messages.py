@@ -543,6 +543,8 @@ def _message(entry: object, where: str, base: Path) -> ScriptMessage:
         to = [to]
     if not isinstance(to, list) or not all(isinstance(t, str) and t.strip() for t in to):
         raise _fail(where, "to must be an address or a list of addresses")
+    if any("," in t for t in to):
+        raise _fail(where, "to takes one address per entry: use a list, not commas")
     eml = entry.get("eml")
     inline = [k for k in ("subject", "body", "headers") if k in entry]
     if eml is not None and inline:
