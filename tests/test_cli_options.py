@@ -33,21 +33,38 @@ from twisted_smtpconn import (
     TLSError,
 )
 from twisted_smtpconn._cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, SendOptions
-from twisted_smtpconn._cli._compose import compose_message, message_id_domain
-from twisted_smtpconn._cli._console import ProgressMeter, StreamConsole, format_duration
-from twisted_smtpconn._cli._exitcodes import EX_SOFTWARE, classify, combine
-from twisted_smtpconn._cli._jobs import (
-    DSNSpec,
+from twisted_smtpconn import DSN
+from twisted_smtpconn._cli._messages import (
     Job,
     MessageContent,
     _without_bcc,
+    collect_jobs,
+    compose_message,
     envelope_from_headers,
+    load_script,
+    message_id_domain,
+    parse_attachment,
+    parse_header,
 )
-from twisted_smtpconn._cli._results import Outcome, Tally
-from twisted_smtpconn._cli._script import load_script
+from twisted_smtpconn._cli._output import (
+    EX_SOFTWARE,
+    ErrorInfo,
+    Outcome,
+    ProgressMeter,
+    StreamConsole,
+    Tally,
+    classify,
+    combine,
+    format_duration,
+)
+from twisted_smtpconn._cli._run import (
+    BROKEN_PER_CONNECTION,
+    WINDOW_PER_CONNECTION,
+    RunControl,
+    _prepare,
+    deliver_all,
+)
 from twisted_smtpconn._cli._settings import resolve_settings
-from twisted_smtpconn._cli._sources import collect_jobs
-from twisted_smtpconn._cli._workers import BROKEN_PER_CONNECTION, WINDOW_PER_CONNECTION, RunControl, deliver_all
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "examples"
 
@@ -58,6 +75,20 @@ def parse(*argv: str) -> SendOptions:
     return options
 
 
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    """A spool of one good message."""
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    (directory / "1.eml").write_bytes(b"From: a@x.test\r\nTo: b@x.test\r\n\r\nhi\r\n")
+    return directory
+
+
+def prepare(*argv: str) -> Any:
+    """Parse and check everything, as ``main`` does before connecting."""
+    return _prepare(None, parse(*argv), None)
+
+
 # -- SendOptions ---------------------------------------------------------------
 
 
@@ -65,7 +96,8 @@ def test_minimal_composed_message() -> None:
     options = parse("--subject", "hi", "--body", "hello", "--to", "a@x.test", "--to", "b@x.test")
     assert options["to"] == ["a@x.test", "b@x.test"]
     assert options["host"] is None
-    assert options["connections"] == 1
+    assert options["connections"] is None  # a script may set it; the default is the settings'
+    assert resolve_settings(options, {}).connections == 1
 
 
 def test_typed_values() -> None:
@@ -77,8 +109,48 @@ def test_typed_values() -> None:
     assert options["port"] == 587
     assert options["connections"] == 4
     assert options["connection-timeout"] == 2.5
-    assert options["dsn-notify"] == ["FAILURE", "DELAY"]
-    assert options["dsn-ret"] == "HDRS"
+    # DSN values are checked once, by the library's DSN, when jobs are made.
+    assert (options["dsn-notify"], options["dsn-ret"]) == ("failure,delay", "hdrs")
+
+
+def test_short_forms_and_repeatable_flags(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"x")
+    options = parse(
+        "-s", "mx.test", "-p", "2525", "-f", "Ann <ann@x.test>", "-t", "b@x.test", "-t", "c@x.test",
+        "-a", str(tmp_path / "a.bin"), "--cc", "d@x.test", "--bcc", "e@x.test", "--header", "X-A:  1 ",
+        "--subject", "s", "-v",
+    )
+    assert (options["host"], options["port"], options["from"]) == ("mx.test", 2525, "Ann <ann@x.test>")
+    assert options["to"] == ["b@x.test", "c@x.test"]
+    assert (options["cc"], options["bcc"]) == (["d@x.test"], ["e@x.test"])
+    assert options["attach"] == [str(tmp_path / "a.bin")]
+    assert options["header"] == [("X-A", "1")]
+    assert options["verbose"]
+
+
+@pytest.mark.parametrize(
+    "name, ok",
+    [("X-Tag", True), ("x!#$%&'*+-.^_`|~", True), ("Bad Name", False), ("Bäd", False), ("", False),
+     ("A\tB", False), ("A\x7f", False)],
+)
+def test_header_field_names_follow_rfc_5322(name: str, ok: bool) -> None:
+    if ok:
+        assert parse_header(f"{name}: v") == (name, "v")
+    else:
+        with pytest.raises(ValueError):
+            parse_header(f"{name}: v")
+
+
+def test_attachment_type_guessed_or_given(tmp_path: Path) -> None:
+    (tmp_path / "r.pdf").write_bytes(b"%PDF")
+    (tmp_path / "data").write_bytes(b"\0\1")
+    assert parse_attachment(str(tmp_path / "r.pdf")).content_type == "application/pdf"
+    assert parse_attachment(str(tmp_path / "data")).content_type == "application/octet-stream"
+    given = parse_attachment(f"{tmp_path / 'data'};type=Text/CSV")
+    assert (given.content_type, given.data) == ("text/csv", b"\0\1")
+    for bad in (f"{tmp_path / 'data'};type=csv", str(tmp_path / "absent")):
+        with pytest.raises(ValueError):
+            parse_attachment(bad)
 
 
 @pytest.mark.parametrize(
@@ -88,51 +160,77 @@ def test_typed_values() -> None:
         ["--to", "a@x.test"],  # still nothing to send
         ["--subject", "s"],  # composed without --to
         ["--subject", "s", "--to", "a@x.test", "--script", "s.toml"],
-        ["--message", "m.eml", "--spool", "dir"],
+        ["--message", "m.eml", "--spool", "SPOOL"],
         ["--message", "m.eml", "--body", "b", "--to", "a@x.test"],
-        ["--spool", "d", "--port", "0"],
-        ["--spool", "d", "--port", "65536"],
-        ["--spool", "d", "--port", "smtp"],
-        ["--spool", "d", "--connections", "0"],
-        ["--spool", "d", "--connections", "101"],
-        ["--spool", "d", "--max-messages-per-connection", "0"],
-        ["--spool", "d", "--max-messages-per-connection", "many"],
-        ["--spool", "d", "--retries", "-1"],
-        ["--spool", "d", "--retries", "11"],
-        ["--spool", "d", "--rate", "0/1"],
-        ["--spool", "d", "--rate", "10/0"],
-        ["--spool", "d", "--rate", "10/-1"],
-        ["--spool", "d", "--rate", "10/inf"],
-        ["--spool", "d", "--rate", "fast"],
-        ["--spool", "d", "--rate", "1.5/1"],
-        ["--spool", "d", "--socket-timeout", "0"],
-        ["--spool", "d", "--socket-timeout", "-1"],
-        ["--spool", "d", "--socket-timeout", "nan"],
-        ["--spool", "d", "--dsn-notify", "NEVER,SUCCESS"],
-        ["--spool", "d", "--dsn-notify", "SOMETIMES"],
-        ["--spool", "d", "--dsn-ret", "ALL"],
-        ["--spool", "d", "--ignore-tls", "--require-tls"],
-        ["--spool", "d", "--ignore-tls", "--opportunistic-tls"],
-        ["--spool", "d", "--secure", "--ignore-tls"],
-        ["--spool", "d", "--insecure", "--ca-certs", "ca.pem"],
-        ["--spool", "d", "--password-file", "f", "--password-env", "V"],
-        ["--spool", "d", "--host", "h", "--maildir", "m"],
-        ["--spool", "d", "--password", "hunter2"],
-        ["--spool", "d", "--no-such-option"],
+        ["--spool", "SPOOL", "--port", "0"],
+        ["--spool", "SPOOL", "--port", "65536"],
+        ["--spool", "SPOOL", "--port", "smtp"],
+        ["--spool", "SPOOL", "--connections", "0"],
+        ["--spool", "SPOOL", "--connections", "101"],
+        ["--spool", "SPOOL", "--max-messages-per-connection", "0"],
+        ["--spool", "SPOOL", "--max-messages-per-connection", "many"],
+        ["--spool", "SPOOL", "--retries", "-1"],
+        ["--spool", "SPOOL", "--retries", "11"],
+        ["--spool", "SPOOL", "--rate", "0/1"],
+        ["--spool", "SPOOL", "--rate", "10/0"],
+        ["--spool", "SPOOL", "--rate", "10/-1"],
+        ["--spool", "SPOOL", "--rate", "10/inf"],
+        ["--spool", "SPOOL", "--rate", "fast"],
+        ["--spool", "SPOOL", "--rate", "1.5/1"],
+        ["--spool", "SPOOL", "--socket-timeout", "0"],
+        ["--spool", "SPOOL", "--socket-timeout", "-1"],
+        ["--spool", "SPOOL", "--socket-timeout", "nan"],
+        ["--spool", "SPOOL", "--dsn-notify", "NEVER,SUCCESS"],
+        ["--spool", "SPOOL", "--dsn-notify", "SOMETIMES"],
+        ["--spool", "SPOOL", "--dsn-ret", "ALL"],
+        ["--spool", "SPOOL", "--host", "h", "--ignore-tls", "--require-tls"],
+        ["--spool", "SPOOL", "--host", "h", "--ignore-tls", "--opportunistic-tls"],
+        ["--spool", "SPOOL", "--host", "h", "--secure", "--ignore-tls"],
+        ["--spool", "SPOOL", "--host", "h", "--insecure", "--ca-certs", "ca.pem"],
+        ["--spool", "SPOOL", "--host", "h", "--ca-certs", "/nonexistent/ca.pem"],
+        ["--spool", "SPOOL", "--host", "h", "--tls-min-version", "1.1"],
+        ["--spool", "SPOOL", "--host", "h", "--client-key", "k.pem"],  # a key without a certificate
+        ["--spool", "SPOOL", "--host", "h", "--client-cert", "/nonexistent/c.pem"],
+        ["--spool", "SPOOL", "--password-file", "f", "--password-env", "V"],
+        ["--spool", "SPOOL", "--host", "h", "--maildir", "m"],
+        ["--script", "HOSTSCRIPT", "--maildir", "m"],
+        ["--spool", "SPOOL", "--password", "hunter2"],
+        ["--spool", "SPOOL", "--no-such-option"],
+        ["--spool", "SPOOL", "--to", "a@x.test,b@x.test"],
+        ["--spool", "SPOOL", "--to", "not an address"],
+        ["--spool", "SPOOL", "--from", "Ann <ann@x.test"],
         ["--subject", "s", "--to", " "],
+        ["--subject", "s", "--to", "a@x.test", "--header", "Bad Name: v"],
+        ["--subject", "s", "--to", "a@x.test", "--header", "no colon"],
+        ["--subject", "s", "--to", "a@x.test", "--attach", "/nonexistent/file"],
+        ["--subject", "s", "--to", "a@x.test", "--body", "b", "--body-file", "f"],
+        ["--subject", "s", "--to", "a@x.test", "--body-file", "/nonexistent/body.txt"],
+        ["--to", "a@x.test", "--body-file", "-", "--html-body-file", "-"],
+        ["--quit-after", "mail", "--host", "h"],
+        ["--quit-after", "rcpt", "--host", "h"],
+        ["--quit-after", "data", "--host", "h"],
+        ["--quit-after", "ehlo"],  # the embedded server is no server to probe
+        ["--quit-after", "auth", "--host", "h"],  # no --user
+        ["--quit-after", "ehlo", "--host", "h", "--spool", "SPOOL"],
     ],
 )
-def test_bad_usage(argv: list[str]) -> None:
+def test_bad_usage(argv: list[str], spool: Path) -> None:
+    script = spool.parent / "host.json"
+    script.write_text(json.dumps({"connection": {"host": "h"}, "messages": [{"to": "a@x.test", "body": "b"}]}))
+    prepare("--spool", str(spool))  # the baselines are fine
+    prepare("--script", str(script))
+    places = {"SPOOL": str(spool), "HOSTSCRIPT": str(script)}
     with pytest.raises(usage.UsageError):
-        parse(*argv)
+        prepare(*[places.get(a, a) for a in argv])
 
 
 def test_pool_options() -> None:
     options = parse("--spool", "d", "--max-messages-per-connection", "5", "--rate", "600/60", "--retries", "2")
     assert options["max-messages-per-connection"] == 5
-    assert options["rate"] == (600, 60.0)
+    assert options["rate"] == "600/60"
     assert options["retries"] == 2
-    assert parse("--spool", "d", "--rate", "10")["rate"] == (10, 1.0)
+    s = resolve_settings(parse("--spool", "d", "--rate", "10"), {})
+    assert (s.rate_limit, s.rate_interval) == (10, 1.0)
     defaults = parse("--spool", "d")
     assert (defaults["max-messages-per-connection"], defaults["rate"], defaults["retries"]) == (None, None, None)
 
@@ -148,7 +246,7 @@ def test_twistd_options_keep_the_usage_error() -> None:
     from twisted_smtpconn._cli._twistd import Options, SendService, makeService
 
     options = Options()
-    options.parseOptions(["--port", "0", "--spool", "d"])
+    options.parseOptions(["--port", "smtp", "--spool", "d"])
     assert options.usage_error is not None and "port" in options.usage_error
     good = Options()
     good.parseOptions(["--spool", "d"])
@@ -235,12 +333,19 @@ def test_bad_settings(argv: list[str], script: dict[str, Any]) -> None:
 
 def test_connection_kwargs() -> None:
     options = parse("--spool", "d", "--host", "h", "--insecure", "--tls-servername", "mx.test", "--lmtp")
-    kwargs = resolve_settings(options, {}).connection_kwargs()
+    kwargs = resolve_settings(options, {}).connection_kwargs(None)
     assert kwargs["tls"] == {"servername": "mx.test", "reject_unauthorized": False}
     assert kwargs["lmtp"] is True
     assert "connection_timeout" not in kwargs  # library default
     embedded = resolve_settings(parse("--spool", "d"), {})
-    assert embedded.embedded and embedded.connection_kwargs()["tls"] is None
+    assert embedded.embedded and embedded.connection_kwargs(None)["tls"] is None
+    tls = parse("--spool", "d", "--host", "h", "--tls-min-version", "1.3", "--client-cert", __file__)
+    assert resolve_settings(tls, {}).connection_kwargs(None)["tls"] == {
+        "min_version": "TLSv1.3", "client_cert": __file__,
+    }
+    unix = resolve_settings(parse("--spool", "d", "--unix-socket", "/run/lmtp", "--lmtp"), {})
+    assert not unix.embedded
+    assert unix.connection_kwargs(None)["endpoint"]._path == "/run/lmtp"
 
 
 # -- scripts -------------------------------------------------------------------
@@ -272,7 +377,7 @@ use_8bit_mime = true
     first, second = script.messages
     assert first.eml == tmp_path / "m.eml"
     assert second.rcpt_to == ("a@x.test", "b@x.test")
-    assert second.dsn == DSNSpec(ret="HDRS", envid="e1", notify=("FAILURE", "DELAY"))
+    assert second.dsn == DSN(ret="HDRS", envid="e1", notify=("FAILURE", "DELAY"))
     jobs = collect_jobs(parse("--script", str(path)), script)
     assert [j.rcpt_to for j in jobs] == [("t@x.test",), ("a@x.test", "b@x.test")]
     # The script's default sender beats the eml's From header (explicit
@@ -305,9 +410,13 @@ def test_json_script_equivalent(tmp_path: Path) -> None:
         (".json", '{"messages": [{"to": "a@x"}]}', "needs eml"),
         (".json", '{"messages": [{"to": "a@x", "eml": "m", "subject": "s"}]}', "contradicts"),
         (".json", '{"messages": [{"to": 5, "body": "b"}]}', "to must be"),
+        (".json", '{"messages": [{"to": "a@x,b@x", "body": "b"}]}', "use a list"),
         (".json", '{"messages": [{"to": "a@x", "body": "b", "dsn": {"notify": "NEVER,DELAY"}}]}', "NEVER"),
-        (".json", '{"messages": [{"to": "a@x", "body": "b", "dsn": {"ret": "X"}}]}', "FULL or HDRS"),
+        (".json", '{"messages": [{"to": "a@x", "body": "b", "dsn": {"ret": "X"}}]}', "'FULL' or 'HDRS'"),
         (".json", '{"messages": [{"to": "a@x", "body": "b", "headers": {"a": 1}}]}', "headers"),
+        (".json", '{"messages": [{"to": "a@x", "body": "b", "headers": {"Bad Name": "1"}}]}', "field name"),
+        (".json", '{"messages": [{"to": "a@x", "body": "b", "dsn": {"envid": "é"}}]}', "envid"),
+        (".json", '{"messages": [{"to": "a@x", "body": "b", "dsn": {"when": "x"}}]}', "unknown dsn key"),
         (".json", '{"messages": [{"to": "a@x", "body": 3}]}', "body must be"),
         (".json", '{"connection": [], "messages": [{"to": "a@x", "body": "b"}]}', "connection"),
     ],
@@ -334,7 +443,7 @@ def test_documented_examples_load(name: str) -> None:
     assert script.messages
     assert "host" not in script.connection  # they run against the embedded server
     jobs = collect_jobs(parse("--script", str(DOCS / name)), script)
-    assert all(j.problem is None for j in jobs)
+    assert all(j.rcpt_to for j in jobs)
 
 
 def test_documented_examples_agree() -> None:
@@ -381,21 +490,24 @@ def test_spool_envelope_from_headers_and_flags(tmp_path: Path) -> None:
         b"Bcc: hidden@x.test,\r\n  hidden2@x.test\r\nSubject: s\r\n\r\nBcc: not a header\r\n"
     )
     (tmp_path / "a.eml").write_bytes(b"Sender: s@x.test\r\nFrom: f@x.test\r\nTo: r@x.test\r\n\r\nx\r\n")
-    (tmp_path / "c.eml").write_bytes(b"Subject: no recipients\r\n\r\nx\r\n")
     (tmp_path / "ignored.txt").write_bytes(b"To: nobody@x.test\r\n\r\n")
     jobs = collect_jobs(parse("--spool", str(tmp_path)), None)
-    assert [Path(j.source).name for j in jobs] == ["a.eml", "b.eml", "c.eml"]
-    a, b, c = jobs
+    assert [Path(j.source).name for j in jobs] == ["a.eml", "b.eml"]
+    a, b = jobs
     assert (a.mail_from, a.rcpt_to) == ("s@x.test", ("r@x.test",))
     assert b.rcpt_to == ("t1@x.test", "t2@x.test", "c@x.test", "hidden@x.test", "hidden2@x.test")
     with b.content.open() as f:
         sent = f.read()
     assert b"hidden" not in sent.split(b"\r\n\r\n")[0]
     assert sent.endswith(b"\r\n\r\nBcc: not a header\r\n")
-    assert c.problem is not None and "no recipients" in c.problem
     flagged = collect_jobs(parse("--spool", str(tmp_path), "--to", "over@x.test", "--from", "me@x.test"), None)
     assert {(j.mail_from, j.rcpt_to) for j in flagged} == {("me@x.test", ("over@x.test",))}
-    assert all(j.problem is None for j in flagged)
+    assert len(flagged) == 2
+    # A message without recipients is a mistake in the spool: found before
+    # anything is sent.
+    (tmp_path / "c.eml").write_bytes(b"Subject: no recipients\r\n\r\nx\r\n")
+    with pytest.raises(usage.UsageError, match="c.eml: no recipients"):
+        collect_jobs(parse("--spool", str(tmp_path)), None)
     with flagged[1].content.open() as f:
         assert b"Bcc: hidden" in f.read()  # explicit envelope: the file is sent as it is
 
@@ -545,7 +657,8 @@ def test_progress_line() -> None:
     assert "ETA -:--:--" in meter.line(100.0)
     for i in range(4):
         tally.add(Outcome.sent(_job(i), _Info(["b@x.test"], []), started=0, elapsed=0, connection=1))
-    tally.add(Outcome.unsendable(_job(5, problem="no rcpt")))
+    tally.add(Outcome.not_sent(_job(5), reason=ErrorInfo("EX", "x"), exit_code=EX_DATAERR))
+    tally.counts["failed"], tally.counts["not-sent"] = 1, 0
     line = meter.line(102.0)
     assert line == "sent 4/10  failed 1  2.5 msg/s  ETA 0:00:02"
     assert format_duration(3725) == "1:02:05"
@@ -615,7 +728,7 @@ def test_delivery_reports_every_job_once_and_replaces_a_broken_connection() -> N
         _job(3, rcpt_to=("refused@x.test",)),
         _job(4),
         _job(5),
-        _job(6, problem="no recipients"),
+        _job(6, content=MessageContent(path=Path("/nonexistent/removed-since-checked.eml"))),
     ]
     d, outcomes, notices = _deliver(reactor, _pool(endpoint, reactor, 1), jobs, 1)
     result(d)
@@ -653,7 +766,7 @@ def test_delivery_gives_up_when_no_connection_can_be_made() -> None:
     )
     assert {o.error.code for o in outcomes if o.error} == {"ECONNECTION"}
     [notice] = notices
-    assert notice.startswith("giving up: 3 message(s) in a row could not get a connection")
+    assert notice.startswith("giving up after 3 connection attempt(s) in a row: could not connect: ")
     assert reactor.getDelayedCalls() == []
 
 

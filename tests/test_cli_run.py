@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import mailbox
 import re
 import shutil
-import sys
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,99 +26,12 @@ import pytest
 import pytest_twisted
 
 from realservers.ports import free_port
-from runtools import REPO, subprocess_env, twistd_command
+from clitools import FRONT_ENDS, RUN_LIMIT, read_report, run, start
+from runtools import REPO
 from twisted_smtpconn._cli import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from twisted_smtpconn._sink import RunningSink, SinkConfig, start_sink
 
 EXAMPLES = REPO / "docs" / "examples"
-
-#: Seconds any one subprocess run may take before the test fails.
-RUN_LIMIT = 180
-
-FRONT_ENDS = {
-    "python -m": [sys.executable, "-m", "twisted_smtpconn"],
-    "twistd": [*twistd_command(), "-n", "--pidfile=", "smtpsend"],
-}
-
-
-@dataclass
-class Result:
-    code: int | None
-    out: str
-    err: str
-    signal: int | None = None
-
-
-class _Process:
-    """A subprocess run on the reactor, whose output can be waited for."""
-
-    def __init__(self) -> None:
-        from twisted.internet.defer import Deferred
-        from twisted.internet.protocol import ProcessProtocol
-
-        outer = self
-        self.out = bytearray()
-        self.err = bytearray()
-        self.ended: Deferred[tuple[int | None, int | None]] = Deferred()
-        self._waiters: list[tuple[bytes, Deferred[None]]] = []
-
-        class Protocol(ProcessProtocol):
-            def outReceived(self, data: bytes) -> None:
-                outer.out += data
-                outer._check()
-
-            def errReceived(self, data: bytes) -> None:
-                outer.err += data
-                outer._check()
-
-            def processEnded(self, reason: Any) -> None:
-                outer.ended.callback((reason.value.exitCode, reason.value.signal))
-
-        self.protocol = Protocol()
-        self.transport: Any = None
-
-    def _check(self) -> None:
-        for needle, d in list(self._waiters):
-            if needle in self.out or needle in self.err:
-                self._waiters.remove((needle, d))
-                d.callback(None)
-
-    async def wait_for(self, needle: bytes) -> None:
-        from twisted.internet import reactor
-        from twisted.internet.defer import Deferred
-
-        d: Deferred[None] = Deferred()
-        self._waiters.append((needle, d))
-        self._check()
-        d.addTimeout(RUN_LIMIT, reactor)
-        await d
-
-    async def finish(self) -> Result:
-        from twisted.internet import reactor
-
-        self.ended.addTimeout(RUN_LIMIT, reactor, onTimeoutCancel=self._kill)
-        code, signal = await self.ended
-        return Result(code, self.out.decode("utf-8", "replace"), self.err.decode("utf-8", "replace"), signal)
-
-    def _kill(self, result: object, timeout: float) -> object:
-        self.transport.signalProcess("KILL")
-        return result
-
-
-def start(argv: list[str], cwd: Path, stdin: bytes | None = None) -> _Process:
-    from twisted.internet import reactor
-
-    env = subprocess_env()
-    process = _Process()
-    process.transport = reactor.spawnProcess(process.protocol, argv[0], argv, env=env, path=str(cwd))
-    if stdin is not None:
-        process.transport.write(stdin)
-    process.transport.closeStdin()
-    return process
-
-
-async def run(front_end: str, args: list[str], cwd: Path, stdin: bytes | None = None) -> Result:
-    return await start(FRONT_ENDS[front_end] + args, cwd, stdin).finish()
 
 
 def maildir_from_output(output: str) -> Path:
@@ -141,10 +51,6 @@ def read_maildir(path: Path) -> list[Any]:
         create=False,
     )
     return list(box)
-
-
-def read_report(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def stored_body(path: Path) -> bytes:
@@ -598,7 +504,7 @@ async def test_sink_mixed_results(front_end: str, tmp_path: Path, sink: RunningS
     spool.mkdir()
     (spool / "1.eml").write_bytes(b"From: a@example.test\r\nTo: refused@example.test\r\nSubject: one\r\n\r\nx\r\n")
     (spool / "2.eml").write_bytes(b"From: a@example.test\r\nTo: fine@example.test\r\nSubject: two\r\n\r\ny\r\n")
-    (spool / "3.eml").write_bytes(b"Subject: nobody\r\n\r\nz\r\n")
+    (spool / "3.eml").write_bytes(b"From: a@example.test\r\nTo: refused@example.test\r\nSubject: 3\r\n\r\nz\r\n")
     report = tmp_path / "r.jsonl"
     result = await run(
         front_end,
@@ -703,6 +609,8 @@ async def test_interrupt_finishes_in_flight_and_reports_the_rest(
     assert [line["status"] for line in lines] == ["sent"] + ["not-sent"] * 4
     assert {line["error"]["code"] for line in lines[1:]} == {"EINTERRUPTED"}
     assert "1 sent, 0 partly refused, 0 failed, 4 not sent" in result.out
+    # Not sent lines are in the report only (and on the terminal with --verbose).
+    assert "interrupted before sending" not in result.out + result.err
 
 
 @pytest_twisted.ensureDeferred
@@ -718,7 +626,7 @@ async def test_embedded_settings_reach_the_embedded_server(tmp_path: Path) -> No
     from twisted.internet import reactor
     from twisted.internet.threads import deferToThread
 
-    from twisted_smtpconn._cli._embedded import start_embedded
+    from twisted_smtpconn._cli._run import start_embedded
     from twisted_smtpconn._cli._settings import ConnectionSettings
 
     embedded = await start_embedded(reactor, ConnectionSettings(), str(tmp_path / "Maildir"))

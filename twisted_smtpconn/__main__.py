@@ -18,7 +18,7 @@ from ._cli import EX_USAGE, SendOptions
 
 
 async def _react_main(reactor: Any, options: SendOptions) -> None:
-    from ._cli._main import main
+    from ._cli._run import main
 
     code = await main(reactor, options)
     raise SystemExit(code)

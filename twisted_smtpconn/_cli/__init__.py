@@ -1,14 +1,21 @@
 """
-smtpsend: scripted sends from the command line.
+smtpsend: sending mail from the command line.
 
-One implementation, :func:`main`, behind two front ends: ``python -m
+One implementation, :func:`._run.main`, behind two front ends: ``python -m
 twisted_smtpconn`` (``task.react``, see ``twisted_smtpconn/__main__.py``)
-and ``twistd smtpsend`` (:mod:`._twistd`).  Documented in
-``docs/twistd.rst``.
+and ``twistd smtpsend`` (:mod:`._twistd`).  Documented in ``docs/twistd.rst``.
+
+The modules, one concern each:
+
+* :mod:`._twistd` -- the options and the twistd service;
+* :mod:`._settings` -- connection settings: merged and validated once;
+* :mod:`._messages` -- what to send: scripts, spools, composition, jobs;
+* :mod:`._run` -- running the work: the pool, the embedded server, probes;
+* :mod:`._output` -- exit statuses, outcomes, the report, the console.
 """
 
-from ._exitcodes import EX_DATAERR, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
-from ._options import SendOptions
+from ._twistd import SendOptions
+from ._output import EX_DATAERR, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 
 __all__ = [
     "EX_DATAERR",
@@ -25,7 +32,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # main pulls in the client library; import it only when asked for.
     if name == "main":
-        from ._main import main
+        from ._run import main
 
         return main
     raise AttributeError(name)

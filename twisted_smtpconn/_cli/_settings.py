@@ -1,10 +1,23 @@
 """
-Connection settings: command-line flags merged over a script's
-``[connection]`` table, turned into ``SMTPPool`` keyword arguments (its
-own, and the ``SMTPConnection`` ones it passes to every connection).
+Connection settings: where the settings of a run are defined, merged and
+validated -- once.
 
-Flags win over the script, so one script can be pointed at another server
-or run with ``--debug`` without editing it.
+Command-line flags are merged over a script's ``connection`` table (flags
+win, so one script can be pointed at another server or run with
+``--debug`` without editing it), and the result is checked in one pass,
+:func:`resolve_settings`:
+
+* what only ``smtpsend`` knows (its limits on ``connections`` and
+  ``retries``, the rate syntax, a password source, what the embedded server
+  decides for itself) is checked here;
+* what the library knows (contradicting TLS modes, ports, timeouts, TLS
+  files and versions) is checked by the library itself: one
+  :class:`~twisted_smtpconn.SMTPConnection` is constructed with the
+  settings -- construction validates and connects nothing -- and its
+  ``ValueError`` or ``TypeError`` becomes the usage error.
+
+The flags' parsers only turn text into numbers; the ranges are checked
+here, for flags and script alike.
 """
 
 from __future__ import annotations
@@ -14,17 +27,41 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.python import usage
 
-from ._options import MAX_CONNECTIONS, MAX_RETRIES, parse_rate
-from ._secrets import PasswordSourceError, read_password
+from .._connection import SMTPConnection
+from .._passwords import PasswordSourceError, read_password
 
-__all__ = ["ConnectionSettings", "CONNECTION_KEYS", "resolve_settings"]
+__all__ = [
+    "CONNECTION_KEYS",
+    "ConnectionSettings",
+    "MAX_CONNECTIONS",
+    "MAX_RETRIES",
+    "TLS_VERSIONS",
+    "parse_rate",
+    "resolve_settings",
+]
+
+#: Upper bound for ``connections``: a sanity limit, not a tuning hint.
+MAX_CONNECTIONS = 100
+
+#: Upper bound for ``retries``: the pool's back-off doubles up to a minute,
+#: so more than this only makes a run hang on a server that stays unhappy.
+MAX_RETRIES = 10
+
+#: ``--tls-min-version`` values and the library's names for them.
+TLS_VERSIONS = {"1.2": "TLSv1.2", "1.3": "TLSv1.3"}
+
+#: The pool's own default for messages per connection, kept by smtpsend.
+DEFAULT_MAX_MESSAGES = 100
 
 #: Keys of a script's ``connection`` table and the type each must have.
 CONNECTION_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "host": str,
     "port": int,
+    "unix_socket": str,
+    # "proxy": str -- goes here (and in _FLAGS_TO_KEYS) once SMTPConnection takes proxy=.
     "secure": bool,
     "ignore_tls": bool,
     "require_tls": bool,
@@ -36,6 +73,9 @@ CONNECTION_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "socket_timeout": (int, float),
     "ca_certs": str,
     "tls_servername": str,
+    "client_cert": str,
+    "client_key": str,
+    "tls_min_version": str,
     "insecure": bool,
     "lmtp": bool,
     "debug": bool,
@@ -51,8 +91,58 @@ CONNECTION_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "retries": int,
 }
 
-#: The pool's own default for messages per connection, kept by smtpsend.
-DEFAULT_MAX_MESSAGES = 100
+#: Flags that take a value, and their setting.
+_VALUE_FLAGS = {
+    "host": "host",
+    "port": "port",
+    "unix-socket": "unix_socket",
+    "name": "name",
+    "local-address": "local_address",
+    "connection-timeout": "connection_timeout",
+    "greeting-timeout": "greeting_timeout",
+    "socket-timeout": "socket_timeout",
+    "ca-certs": "ca_certs",
+    "tls-servername": "tls_servername",
+    "client-cert": "client_cert",
+    "client-key": "client_key",
+    "tls-min-version": "tls_min_version",
+    "user": "user",
+    "auth-method": "auth_method",
+    "connections": "connections",
+    "max-messages-per-connection": "max_messages_per_connection",
+    "rate": "rate",
+    "retries": "retries",
+}
+
+#: On/off flags, and their setting.
+_SWITCH_FLAGS = {
+    "secure": "secure",
+    "ignore-tls": "ignore_tls",
+    "require-tls": "require_tls",
+    "opportunistic-tls": "opportunistic_tls",
+    "insecure": "insecure",
+    "lmtp": "lmtp",
+    "debug": "debug",
+    "allow-insecure-auth": "allow_insecure_auth",
+    "8bitmime": "use_8bit_mime",
+}
+
+
+def parse_rate(value: str) -> tuple[int, float]:
+    """
+    ``LIMIT/SECONDS`` (or ``LIMIT``, per second) as ``(limit, seconds)``.
+
+    :raises ValueError: with a message fit for a usage error.
+    """
+    limit_text, _, seconds_text = value.partition("/")
+    try:
+        limit = int(limit_text)
+        seconds = float(seconds_text) if seconds_text else 1.0
+    except ValueError:
+        raise ValueError(f"rate must be LIMIT/SECONDS, e.g. 10/1 or 600/60, not {value!r}") from None
+    if limit < 1 or not 0 < seconds < float("inf"):
+        raise ValueError(f"rate needs a positive LIMIT and SECONDS, not {value!r}")
+    return limit, seconds
 
 
 @dataclass(frozen=True)
@@ -61,12 +151,13 @@ class ConnectionSettings:
     Everything needed to open (and log in on) the run's connections, and
     how many to use and how.
 
-    ``host`` ``None`` means "the embedded capture server".  ``rate_limit``
-    ``None`` means no rate limit.
+    ``host`` ``None`` (and no ``unix_socket``) means "the embedded capture
+    server".  ``rate_limit`` ``None`` means no rate limit.
     """
 
     host: str | None = None
     port: int | None = None
+    unix_socket: str | None = None
     secure: bool = False
     ignore_tls: bool = False
     require_tls: bool = False
@@ -78,6 +169,9 @@ class ConnectionSettings:
     socket_timeout: float | None = None
     ca_certs: str | None = None
     tls_servername: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    tls_min_version: str | None = None
     insecure: bool = False
     lmtp: bool = False
     debug: bool = False
@@ -95,7 +189,23 @@ class ConnectionSettings:
     @property
     def embedded(self) -> bool:
         """Whether to start the local capture server and send to it."""
-        return self.host is None
+        return self.host is None and self.unix_socket is None
+
+    @property
+    def target(self) -> str:
+        """Where the connections go, for humans."""
+        if self.unix_socket is not None:
+            return f"UNIX socket {self.unix_socket}"
+        port = self.port or (465 if self.secure else 25)
+        return f"{self.host}:{port}"
+
+    def trust_note(self) -> str:
+        """Which certificates were trusted: named in certificate errors."""
+        if self.insecure:
+            return "certificate verification was off (--insecure)"
+        if self.ca_certs is not None:
+            return f"trusted CAs from --ca-certs {self.ca_certs}"
+        return "trusted CAs from the system store (no --ca-certs)"
 
     def tls_dict(self) -> dict[str, Any] | None:
         """The ``tls=`` argument; ``None`` leaves the library defaults."""
@@ -106,12 +216,22 @@ class ConnectionSettings:
             tls["servername"] = self.tls_servername
         if self.insecure:
             tls["reject_unauthorized"] = False
+        if self.client_cert is not None:
+            tls["client_cert"] = self.client_cert
+        if self.client_key is not None:
+            tls["client_key"] = self.client_key
+        if self.tls_min_version is not None:
+            tls["min_version"] = TLS_VERSIONS.get(self.tls_min_version, self.tls_min_version)
         return tls or None
 
-    def connection_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``SMTPConnection`` (no reactor, no logger)."""
+    def connection_kwargs(self, reactor: Any) -> dict[str, Any]:
+        """
+        Keyword arguments for ``SMTPConnection`` and ``SMTPPool`` (no logger).
+
+        :param reactor: the reactor, also for the UNIX endpoint.
+        """
         kwargs: dict[str, Any] = {
-            "host": self.host if self.host is not None else "127.0.0.1",
+            "host": self.host if self.host is not None else "localhost" if self.unix_socket else "127.0.0.1",
             "port": self.port,
             "secure": self.secure,
             "ignore_tls": self.ignore_tls,
@@ -124,11 +244,17 @@ class ConnectionSettings:
             "allow_insecure_auth": self.allow_insecure_auth,
             "lmtp": self.lmtp,
             "tls": self.tls_dict(),
+            "reactor": reactor,
+            # "proxy": self.proxy -- once SMTPConnection takes proxy=.
         }
         for key in ("connection_timeout", "greeting_timeout", "socket_timeout"):
             value = getattr(self, key)
             if value is not None:
                 kwargs[key] = float(value)
+        if self.unix_socket is not None:
+            kwargs["endpoint"] = UNIXClientEndpoint(  # type: ignore[no-untyped-call]
+                reactor, self.unix_socket, timeout=int(self.connection_timeout or 30)
+            )
         return kwargs
 
     def pool_kwargs(self) -> dict[str, Any]:
@@ -142,139 +268,115 @@ class ConnectionSettings:
         }
 
 
-def _check_connection_table(table: Mapping[str, Any], where: str) -> None:
+def _check_types(table: Mapping[str, Any], where: str) -> None:
     for key, value in table.items():
         expected = CONNECTION_KEYS.get(key)
         if expected is None:
             raise usage.UsageError(f"{where}: unknown connection setting {key!r}")
         # bool is an int subclass: do not let `port = true` through.
-        if isinstance(value, bool) and expected is not bool:
-            raise usage.UsageError(f"{where}: connection.{key} has the wrong type")
-        if not isinstance(value, expected):
+        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
             raise usage.UsageError(f"{where}: connection.{key} has the wrong type")
 
 
-def resolve_settings(
-    options: Mapping[str, Any], script_connection: Mapping[str, Any], where: str = "script"
-) -> ConnectionSettings:
-    """
-    Merge flags over the script's connection table and read the password.
-
-    :param options: parsed :class:`SendOptions`.
-    :param script_connection: the script's ``connection`` table (or ``{}``).
-    :param where: the script's name, for error messages.
-    :raises usage.UsageError: for contradictions, bad values or a password
-        source that yields nothing.
-    """
-    _check_connection_table(script_connection, where)
-    merged: dict[str, Any] = dict(script_connection)
-
-    def flag(option: str, key: str) -> None:
-        if options.get(option):
-            merged[key] = True
-
-    def value(option: str, key: str) -> None:
+def _merge(options: Mapping[str, Any], table: Mapping[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = dict(table)
+    for option, key in _VALUE_FLAGS.items():
         if options.get(option) is not None:
             merged[key] = options[option]
-
-    for option, key in (
-        ("host", "host"),
-        ("port", "port"),
-        ("name", "name"),
-        ("local-address", "local_address"),
-        ("connection-timeout", "connection_timeout"),
-        ("greeting-timeout", "greeting_timeout"),
-        ("socket-timeout", "socket_timeout"),
-        ("ca-certs", "ca_certs"),
-        ("tls-servername", "tls_servername"),
-        ("auth-method", "auth_method"),
-        ("max-messages-per-connection", "max_messages_per_connection"),
-        ("retries", "retries"),
-    ):
-        value(option, key)
-    if options.get("user") is not None:
-        merged["user"] = options["user"]
+    for option, key in _SWITCH_FLAGS.items():
+        if options.get(option):
+            merged[key] = True
     # A password source on the command line replaces the script's.
     if options.get("password-file") is not None or options.get("password-env") is not None:
         merged.pop("password_file", None)
         merged.pop("password_env", None)
-        value("password-file", "password_file")
-        value("password-env", "password_env")
-    for option, key in (
-        ("secure", "secure"),
-        ("ignore-tls", "ignore_tls"),
-        ("require-tls", "require_tls"),
-        ("opportunistic-tls", "opportunistic_tls"),
-        ("insecure", "insecure"),
-        ("lmtp", "lmtp"),
-        ("debug", "debug"),
-        ("allow-insecure-auth", "allow_insecure_auth"),
-        ("8bitmime", "use_8bit_mime"),
-    ):
-        flag(option, key)
-    if options.get("connections", 1) != 1 or "connections" not in merged:
-        merged["connections"] = options.get("connections", 1)
-    # --rate arrives parsed; the script's rate is the same text.
+        if options.get("password-file") is not None:
+            merged["password_file"] = options["password-file"]
+        if options.get("password-env") is not None:
+            merged["password_env"] = options["password-env"]
+    return merged
+
+
+def _label(key: str, where: str) -> str:
+    """How to name a setting in a message: the flag, and the script key."""
+    flag = "--" + key.replace("_", "-")
+    return flag if where == "command line" else f"{flag} (connection.{key} in {where})"
+
+
+def resolve_settings(
+    options: Mapping[str, Any],
+    script_connection: Mapping[str, Any],
+    where: str = "command line",
+    *,
+    reactor: Any = None,
+) -> ConnectionSettings:
+    """
+    Merge flags over the script's connection table, read the password and
+    validate everything, once.
+
+    :param options: parsed :class:`SendOptions`.
+    :param script_connection: the script's ``connection`` table (or ``{}``).
+    :param where: the script's name, for error messages.
+    :param reactor: for the connection the library validates.
+    :raises usage.UsageError: one line: the first problem found.
+    """
+    _check_types(script_connection, where)
+    merged = _merge(options, script_connection)
+
     rate = merged.pop("rate", None)
-    if options.get("rate") is not None:
-        merged["rate_limit"], merged["rate_interval"] = options["rate"]
-    elif rate is not None:
+    if rate is not None:
         try:
-            merged["rate_limit"], merged["rate_interval"] = parse_rate(rate)
+            merged["rate_limit"], merged["rate_interval"] = (
+                rate if isinstance(rate, tuple) else parse_rate(rate)
+            )
         except ValueError as e:
-            raise usage.UsageError(f"{where}: connection.rate: {e}") from None
+            raise usage.UsageError(f"{_label('rate', where)}: {e}") from None
+    for key, low, high in (
+        ("connections", 1, MAX_CONNECTIONS),
+        ("max_messages_per_connection", 1, None),
+        ("retries", 0, MAX_RETRIES),
+    ):
+        if key in merged and (merged[key] < low or (high is not None and merged[key] > high)):
+            bound = f"{low}-{high}" if high is not None else f"at least {low}"
+            raise usage.UsageError(f"{_label(key, where)} must be {bound}, not {merged[key]}")
+    version = merged.get("tls_min_version")
+    if version is not None and version not in TLS_VERSIONS:
+        raise usage.UsageError(f"{_label('tls_min_version', where)} must be 1.2 or 1.3, not {version!r}")
 
     if "password_file" in merged and "password_env" in merged:
-        raise usage.UsageError(f"{where}: give password_file or password_env, not both")
+        raise usage.UsageError(f"{where}: give --password-file or --password-env, not both")
     try:
-        password = read_password(merged.pop("password_file", None), merged.pop("password_env", None))
+        merged["password"] = read_password(merged.pop("password_file", None), merged.pop("password_env", None))
     except PasswordSourceError as e:
         raise usage.UsageError(str(e)) from None
-    merged["password"] = password
 
     settings = ConnectionSettings(**merged)
-    _check_settings(settings)
+    _check_own(settings)
+    try:
+        # Construction checks every option and connects nothing.
+        SMTPConnection(**settings.connection_kwargs(reactor))
+    except (TypeError, ValueError) as e:
+        raise usage.UsageError(str(e)) from None
     return settings
 
 
-def _check_settings(s: ConnectionSettings) -> None:
+def _check_own(s: ConnectionSettings) -> None:
+    """What the library does not know about: smtpsend's own rules."""
     if s.password is not None and s.user is None:
         raise usage.UsageError("a password needs --user")
     if s.user is not None and s.password is None and not s.embedded:
         raise usage.UsageError("--user needs --password-file or --password-env")
-    if s.ignore_tls and (s.require_tls or s.opportunistic_tls):
-        raise usage.UsageError("ignore_tls contradicts require_tls/opportunistic_tls")
-    if s.secure and s.ignore_tls:
-        raise usage.UsageError("secure contradicts ignore_tls")
     if s.insecure and s.ca_certs is not None:
-        raise usage.UsageError("insecure contradicts ca_certs")
-    if s.port is not None and not 1 <= s.port <= 65535:
-        raise usage.UsageError(f"port must be 1-65535, not {s.port}")
-    if not 1 <= s.connections <= MAX_CONNECTIONS:
-        raise usage.UsageError(f"connections must be 1-{MAX_CONNECTIONS}")
-    if s.max_messages_per_connection < 1:
-        raise usage.UsageError("max_messages_per_connection must be at least 1")
-    if not 0 <= s.retries <= MAX_RETRIES:
-        raise usage.UsageError(f"retries must be 0-{MAX_RETRIES}")
-    for key in ("connection_timeout", "greeting_timeout", "socket_timeout"):
-        seconds = getattr(s, key)
-        if seconds is not None and not seconds > 0:
-            raise usage.UsageError(f"{key} must be positive")
+        raise usage.UsageError("--insecure contradicts --ca-certs")
+    if s.unix_socket is not None and s.port is not None:
+        raise usage.UsageError("--port contradicts --unix-socket")
     if s.embedded:
         # The embedded server decides these itself.
-        for key, label in (
-            ("port", "--port"),
-            ("secure", "--secure"),
-            ("lmtp", "--lmtp"),
-            ("user", "--user"),
-            ("ca_certs", "--ca-certs"),
-            ("insecure", "--insecure"),
-            ("tls_servername", "--tls-servername"),
-        ):
-            default = getattr(ConnectionSettings, key)
-            if getattr(s, key) != default:
+        for key in ("port", "secure", "lmtp", "user", "ca_certs", "insecure", "tls_servername",
+                    "client_cert", "client_key"):
+            if getattr(s, key) != getattr(ConnectionSettings, key):
                 raise usage.UsageError(
-                    f"{label} needs --host: the embedded server chooses its own"
+                    f"{_label(key, 'command line')} needs --host: the embedded server chooses its own"
                 )
 
 

@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
-from .._cli._secrets import PasswordSourceError, read_password
+from .._passwords import PasswordSourceError, read_password
 from ._cert import make_throwaway_certificate
 from ._config import DEFAULT_MAX_SIZE, CapturedMessage, CaptureLog, SinkConfig
 
