@@ -1014,3 +1014,28 @@ def test_password_auth_through_a_proxy_to_a_remote_host_needs_tls() -> None:
             return IPv4Address("TCP", "127.0.0.1", 1080)
 
     assert not connection_is_local(conn._options, _Peer())  # type: ignore[attr-defined]
+
+
+# -- smtpsend --proxy ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("front_end", ["python -m", "twistd"])
+async def test_smtpsend_proxy_flag(
+    front_end: str, dante_proxy: Any, make_tinyproxy: Any, aiosmtpd_server: Any, tmp_path: Any
+) -> None:
+    """``--proxy`` through the real proxies: the message arrives, Dante logs the tunnel."""
+    from clitools import run
+
+    tinyproxy = make_tinyproxy(connect_ports=[aiosmtpd_server.port])
+    for number, proxy in enumerate([dante_proxy.url("socks5h"), tinyproxy.url("http")]):
+        subject = f"through proxy {number}"
+        result = await run(
+            front_end,
+            ["--host", "localhost", "--port", str(aiosmtpd_server.port), "--proxy", proxy,
+             "--from", "a@example.org", "--to", "b@example.org", "--subject", subject, "--body", "tunnelled"],
+            tmp_path,
+        )
+        assert result.code == 0, result
+        assert any(subject.encode() in message.content for message in aiosmtpd_server.messages)
+    await wait_for_log(dante_proxy, f"127.0.0.1.{aiosmtpd_server.port}")

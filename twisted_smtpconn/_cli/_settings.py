@@ -61,7 +61,7 @@ CONNECTION_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "host": str,
     "port": int,
     "unix_socket": str,
-    # "proxy": str -- goes here (and in _FLAGS_TO_KEYS) once SMTPConnection takes proxy=.
+    "proxy": str,
     "secure": bool,
     "ignore_tls": bool,
     "require_tls": bool,
@@ -96,6 +96,7 @@ _VALUE_FLAGS = {
     "host": "host",
     "port": "port",
     "unix-socket": "unix_socket",
+    "proxy": "proxy",
     "name": "name",
     "local-address": "local_address",
     "connection-timeout": "connection_timeout",
@@ -158,6 +159,7 @@ class ConnectionSettings:
     host: str | None = None
     port: int | None = None
     unix_socket: str | None = None
+    proxy: str | None = field(default=None, repr=False)  # may hold a password
     secure: bool = False
     ignore_tls: bool = False
     require_tls: bool = False
@@ -245,7 +247,7 @@ class ConnectionSettings:
             "lmtp": self.lmtp,
             "tls": self.tls_dict(),
             "reactor": reactor,
-            # "proxy": self.proxy -- once SMTPConnection takes proxy=.
+            "proxy": self.proxy,
         }
         for key in ("connection_timeout", "greeting_timeout", "socket_timeout"):
             value = getattr(self, key)

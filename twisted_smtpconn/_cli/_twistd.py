@@ -116,7 +116,7 @@ class SendOptions(usage.Options):
         ["host", "s", None, "SMTP server host name or address (default: embedded server)."],
         ["port", "p", None, "Server port (default 465 with --secure, else 25).", _number(int, "port")],
         ["unix-socket", None, None, "Connect to this UNIX socket instead of TCP (e.g. --lmtp to a delivery agent)."],
-        # ["proxy", None, None, "..."]: goes here once SMTPConnection takes proxy=.
+        ["proxy", None, None, "Tunnel through a proxy: socks5://, socks5h://, socks4a:// or http:// [user:pass@]host:port."],
         ["name", None, None, "EHLO/LHLO name (default: this host's name)."],
         ["local-address", None, None, "Local address to connect from."],
         ["connection-timeout", None, None, "Seconds to connect (default 120).", _number(float, "connection-timeout")],
