@@ -211,7 +211,7 @@ def target_lines(summary: Summary, before: Summary | None = None) -> list[str]:
             lines.append(f"- {_SHORT[scenario]} {style}: not measured")
         else:
             lines.append(
-                f"- {_SHORT[scenario]} {style}: {got:.2f}{unit} {relation} {bound:g}{unit}: "
+                f"- {_SHORT[scenario]} {style}: {got:.3f}{unit} {relation} {bound:g}{unit}: "
                 + _verdict(got, relation, bound)
             )
     subject, scenario, share = CPU_TARGET

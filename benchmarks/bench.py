@@ -436,11 +436,11 @@ def summarise(runs: list[Run], checks: list[Check], plan: Plan, pairs: list[tupl
                 values[client, scenario] = done[0].bytes / MIB / elapsed
             else:
                 values[client, scenario] = elapsed
-        spent = [
-            (run.cpu if run.cpu is not None else run.process_cpu) / run.messages
-            for run in done
-            if (run.cpu is not None or run.process_cpu is not None) and run.messages
-        ]
+        spent = []
+        for run in done:
+            seconds = run.cpu if run.cpu is not None else run.process_cpu
+            if seconds is not None and run.messages:
+                spent.append(seconds / run.messages)
         if spent:
             cpu[client, scenario] = statistics.median(spent)
     return Summary(
@@ -459,7 +459,7 @@ def _environment() -> dict[str, Any]:
     """What the numbers depend on, for whoever compares two runs."""
     from importlib.metadata import PackageNotFoundError, version
 
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in ("twisted", "aiosmtplib", "aiosmtpd"):
         try:
             packages[name] = version(name)
@@ -474,8 +474,8 @@ def _environment() -> dict[str, Any]:
     postfix = ""
     postconf = find_program("postconf")
     if postconf is not None:
-        postfix = subprocess.run([postconf, "-h", "mail_version"], capture_output=True, text=True, check=False)
-        postfix = postfix.stdout.strip()
+        said = subprocess.run([postconf, "-h", "mail_version"], capture_output=True, text=True, check=False)
+        postfix = said.stdout.strip()
     return {
         "python": platform.python_version(),
         "packages": packages,
