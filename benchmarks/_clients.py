@@ -39,7 +39,8 @@ Scenarios:
     such a caller).
 
 ``twisted_smtpconn``'s clients use its public API only.  The others use
-their libraries the way their documentation shows.
+their libraries the way their documentation shows; ``python-pipelining``
+uses none, as a yardstick of what Python itself costs.
 """
 
 from __future__ import annotations
@@ -245,6 +246,66 @@ def run_aiosmtplib(scenario: str, host: str, port: int, count: int, size: int) -
     return _result(started, cpu_started, scenario, count, size)
 
 
+# -- a minimal pipelining writer, no library ----------------------------------------
+
+
+def _stuffed(message: bytes) -> bytes:
+    """``message`` (CRLF, ending with CRLF) dot-stuffed, with its final dot."""
+    if message.startswith(b"."):
+        message = b"." + message
+    return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+def run_python_pipelining(scenario: str, host: str, port: int, count: int, size: int) -> dict[str, Any]:
+    """
+    What plain Python can do with no library at all: asyncio streams, the
+    message dot-stuffed before the clock starts, and each envelope written
+    right after the previous message's final dot (RFC 2920), so a message
+    costs one round trip.  No error handling beyond checking each reply's
+    code: a yardstick, not a client.
+    """
+    if scenario not in ("one", "large", "pool"):
+        raise SystemExit(f"python-pipelining has no {scenario} scenario")
+    body = _stuffed(_message(scenario, size))
+    envelope = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
+
+    async def reply(reader: asyncio.StreamReader, expected: int) -> None:
+        while True:
+            line = await reader.readline()
+            if len(line) < 4:
+                raise ConnectionError(f"connection lost or bad reply: {line!r}")
+            if line[3:4] != b"-":
+                break
+        if int(line[:3]) != expected:
+            raise RuntimeError(f"expected {expected}, got {line!r}")
+
+    async def one_connection(n: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        await reply(reader, 220)
+        writer.write(f"EHLO {CLIENT_NAME}\r\n".encode())
+        await reply(reader, 250)
+        writer.write(envelope)
+        for left in range(n - 1, -1, -1):
+            for code in (250, 250, 354):
+                await reply(reader, code)
+            writer.write(body + (envelope if left else b"QUIT\r\n"))
+            await writer.drain()
+            await reply(reader, 250)
+        await reply(reader, 221)
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> None:
+        if scenario == "pool":
+            await asyncio.gather(*(one_connection(n) for n in _shares(count)))
+        else:
+            await one_connection(count if scenario == "one" else 1)
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    asyncio.run(main())
+    return _result(started, cpu_started, scenario, count, size)
+
+
 # -- twisted.mail.smtp ----------------------------------------------------------------------
 
 
@@ -354,6 +415,7 @@ RUNNERS: dict[str, Callable[[str, str, int, int, int], dict[str, Any]]] = {
     "smtplib": run_smtplib,
     "aiosmtplib": run_aiosmtplib,
     "twisted.mail.smtp": run_twisted_mail,
+    "python-pipelining": run_python_pipelining,
 }
 
 

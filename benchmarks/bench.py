@@ -1,7 +1,9 @@
 """
 The throughput benchmark: twisted_smtpconn, in each calling style its users
-write, against smtplib, aiosmtplib, twisted.mail.smtp and Postfix's own C
-load generator, ``smtp-source``.
+write, against smtplib, aiosmtplib, twisted.mail.smtp, a minimal Python
+pipelining writer with no library (``python-pipelining``, a yardstick of
+what Python itself costs) and Postfix's own C load generator,
+``smtp-source``.
 
 Usage (from the repository root)::
 
@@ -91,7 +93,7 @@ from _servers import LOOPBACK, Recorder, SmtpSink, find_program  # noqa: E402
 
 STYLES = ("awaited", "queued", "pool")
 OUR_SUBJECTS = tuple(f"{OURS}/{style}" for style in STYLES)
-OTHERS = ("smtplib", "aiosmtplib", "twisted.mail.smtp")
+OTHERS = ("smtplib", "aiosmtplib", "twisted.mail.smtp", "python-pipelining")
 #: Everything that can run, in table order.
 SUBJECTS = (*OUR_SUBJECTS, *OTHERS, REFERENCE)
 SCENARIOS = ("one", "large", "large-gen", "pool", "huge")
@@ -114,6 +116,8 @@ def scenarios_of(subject: str) -> tuple[str, ...]:
     if subject.startswith(OURS + "/"):
         huge = ("huge",) if subject == f"{OURS}/awaited" else ()
         return ("one", "large", "large-gen", "pool", *huge)
+    if subject == "python-pipelining":
+        return ("one", "large", "pool")
     return ("one", "large", "pool", "huge")
 
 
