@@ -10,7 +10,7 @@ sending it from a file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class Summary:
     :ivar cpu_per_message: ``(subject, scenario)`` -> the median CPU
         seconds per message.
     :ivar checks: ``(subject, scenario)`` -> (passed, detail).
+    :ivar round_ratios: ``(subject, scenario)`` -> each round's ratio to
+        smtp-source in the same round (timed scenarios only).
     """
 
     pairs: list[tuple[str, str]]
@@ -76,6 +78,7 @@ class Summary:
     one_count: int
     pool_count: int
     huge_size: int
+    round_ratios: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
     @property
     def subjects(self) -> list[str]:
@@ -116,6 +119,7 @@ class Summary:
             "one_count": self.one_count,
             "pool_count": self.pool_count,
             "huge_size": self.huge_size,
+            "round_ratios": keyed(self.round_ratios),
         }
 
     @classmethod
@@ -136,6 +140,7 @@ class Summary:
             one_count=int(data["one_count"]),
             pool_count=int(data["pool_count"]),
             huge_size=int(data["huge_size"]),
+            round_ratios={key: [float(r) for r in value] for key, value in unkeyed(data.get("round_ratios", {})).items()},
         )
 
 
@@ -176,7 +181,11 @@ def _cell(summary: Summary, subject: str, scenario: str) -> str:
     text = _format(scenario, value)
     ratio = summary.ratio(subject, scenario)
     if ratio is not None and subject != REFERENCE:
-        text += f" ({ratio:.2f}×)"
+        spread = summary.round_ratios.get((subject, scenario), [])
+        if len(spread) > 1:
+            text += f" ({ratio:.2f}×; {min(spread):.2f}–{max(spread):.2f})"
+        else:
+            text += f" ({ratio:.2f}×)"
     if scenario == "huge":
         method = "streamed from a generator" if subject.startswith(OURS) else _HUGE_METHOD.get(subject, "")
         text += f", {method}"
@@ -240,6 +249,11 @@ def markdown_table(summary: Summary, before: Summary | None = None) -> str:
         "ratios (×) are to smtp-source in the same run (above 1 is faster for (1) and (2), "
         "below 1 is better for (3) and (4)); (2) generator is compared with smtp-source's (2)."
     )
+    if summary.round_ratios:
+        lines.append(
+            "After the semicolon: the lowest and the highest of the rounds' own ratios (each round's "
+            "run against smtp-source's in the same round), to show how much the machine's load moved them."
+        )
     timed = [s for s in scenarios if s != "huge"]
     if timed and summary.cpu_per_message:
         lines.append("")

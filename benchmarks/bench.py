@@ -451,12 +451,52 @@ def summarise(runs: list[Run], checks: list[Check], plan: Plan, pairs: list[tupl
         pairs=list(pairs),
         values=values,
         cpu_per_message=cpu,
+        round_ratios=_round_ratios(runs, pairs),
         checks={(check.client, check.scenario): (check.ok, check.detail) for check in checks},
         rounds=plan.rounds,
         one_count=plan.one_count,
         pool_count=plan.pool_count,
         huge_size=plan.huge_size,
     )
+
+
+def _measure(run: Run) -> float | None:
+    """A run's number in its scenario's unit (as in :func:`summarise`)."""
+    if not run.ok or not run.elapsed:
+        return None
+    if run.scenario == "one":
+        return run.messages / run.elapsed
+    if run.scenario in ("large", "large-gen"):
+        return run.bytes / MIB / run.elapsed
+    if run.scenario == "pool":
+        return run.elapsed
+    return None
+
+
+def _round_ratios(runs: list[Run], pairs: list[tuple[str, str]]) -> dict[tuple[str, str], list[float]]:
+    """
+    Each round's ratio to smtp-source in the same round, for the timed
+    scenarios: how far the machine's load moved the ratio from round to
+    round (a round's clients run seconds apart, the rounds minutes apart).
+    """
+    reference: dict[tuple[str, int], float] = {}
+    for run in runs:
+        value = _measure(run)
+        if run.client == REFERENCE and value:
+            reference[run.scenario, run.round] = value
+    out: dict[tuple[str, str], list[float]] = {}
+    for client, scenario in pairs:
+        if client == REFERENCE:
+            continue
+        ratios = []
+        for run in runs:
+            value = _measure(run)
+            base = reference.get((REFERENCE_SCENARIO.get(scenario, scenario), run.round))
+            if run.client == client and run.scenario == scenario and value is not None and base:
+                ratios.append(value / base)
+        if ratios:
+            out[client, scenario] = ratios
+    return out
 
 
 def _environment() -> dict[str, Any]:
@@ -478,7 +518,7 @@ def _environment() -> dict[str, Any]:
     postfix = ""
     postconf = find_program("postconf")
     if postconf is not None:
-        said = subprocess.run([postconf, "-h", "mail_version"], capture_output=True, text=True, check=False)
+        said = subprocess.run([postconf, "-d", "-h", "mail_version"], capture_output=True, text=True, check=False)
         postfix = said.stdout.strip()
     return {
         "python": platform.python_version(),

@@ -85,6 +85,7 @@ def _summary(**overrides: object) -> object:
         one_count=2000,
         pool_count=200,
         huge_size=1024**3,
+        round_ratios={("twisted_smtpconn/awaited", "one"): [1.1, 1.3, 1.2]},
     )
     fields.update(overrides)
     return Summary(**fields)  # type: ignore[arg-type]
@@ -100,7 +101,7 @@ def test_report_gives_ratios_to_smtp_source_cpu_and_the_targets() -> None:
     # The generator form is compared with smtp-source's 20 MiB run; a
     # subject that does not run a scenario gets a dash.
     assert (
-        "| twisted_smtpconn/awaited | 6,000 msg/s (1.20×) | — | 300 MiB/s (1.50×) | — "
+        "| twisted_smtpconn/awaited | 6,000 msg/s (1.20×; 1.10–1.30) | — | 300 MiB/s (1.50×) | — "
         "| 50 MiB (0.12×), streamed from a generator |"
     ) in table
     assert "| smtplib | 2,500 msg/s (0.50×) | ✗ check failed: 1 of 1 messages arrived, 1 differ |" in table
@@ -126,6 +127,29 @@ def test_summary_survives_json() -> None:
     again = Summary.from_json(json.loads(json.dumps(summary.to_json())))
     assert again == summary
     assert summary.to_json()["ratios"]["twisted_smtpconn/queued|one"] == 2.4
+
+
+def test_medians_cpu_and_round_ratios_from_runs() -> None:
+    from bench import Plan, Run, summarise
+
+    def run(client: str, scenario: str, round_number: int, elapsed: float, cpu: float | None) -> Run:
+        return Run(client, scenario, round_number, True, elapsed, cpu, 0.5, 1000, 100)
+
+    runs = [
+        run("twisted_smtpconn/queued", "one", 0, 0.02, 0.010),
+        run("smtp-source", "one", 0, 0.04, None),
+        run("twisted_smtpconn/queued", "one", 1, 0.05, 0.012),
+        run("smtp-source", "one", 1, 0.05, None),
+        run("twisted_smtpconn/queued", "one", 2, 0.04, 0.030),
+        run("smtp-source", "one", 2, 0.02, None),
+        Run("twisted_smtpconn/queued", "pool", 0, False, error="refused"),
+    ]
+    pairs = [("twisted_smtpconn/queued", "one"), ("twisted_smtpconn/queued", "pool"), ("smtp-source", "one")]
+    summary = summarise(runs, [], Plan(rounds=3, one_count=100, pool_count=20, huge_size=1), pairs)
+    assert summary.values == {("twisted_smtpconn/queued", "one"): 2500.0, ("smtp-source", "one"): 2500.0}
+    # Per message; smtp-source's from its whole process.
+    assert summary.cpu_per_message == {("twisted_smtpconn/queued", "one"): 0.012 / 100, ("smtp-source", "one"): 0.005}
+    assert summary.round_ratios == {("twisted_smtpconn/queued", "one"): [2.0, 1.0, 0.5]}
 
 
 def test_selection_of_clients_styles_and_scenarios() -> None:
