@@ -5,7 +5,9 @@ Run by ``bench.py`` as ``python _clients.py CLIENT SCENARIO HOST PORT
 COUNT SIZE``; prints one JSON object: ``elapsed`` (seconds from before
 connecting to after the last connection closed), ``cpu`` (this process's
 CPU time, :func:`time.process_time`, over the same span), ``messages`` and
-``bytes`` (the CRLF size of what was sent).  Peak RSS is measured by the
+``bytes`` (the CRLF size of what was sent); twisted_smtpconn's also
+``library``, the checkout its package was imported from
+(``SMTPCONN_BENCH_LIBRARY``, else this one).  Peak RSS is measured by the
 parent, so it covers everything this process did.
 
 Scenarios:
@@ -57,7 +59,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The twisted_smtpconn to measure: bench.py names the checkout (this one,
+# or the one given with --before-tree).
+sys.path.insert(
+    1, os.environ.get("SMTPCONN_BENCH_LIBRARY") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 from _messages import (  # noqa: E402
     RECIPIENT,
@@ -126,6 +132,7 @@ def run_ours(style: str, scenario: str, host: str, port: int, count: int, size: 
     from twisted.internet import task
     from twisted.internet.defer import ensureDeferred, gatherResults
 
+    import twisted_smtpconn
     from twisted_smtpconn import Envelope, SMTPConnection, SMTPPool
 
     if style not in STYLES:
@@ -165,7 +172,9 @@ def run_ours(style: str, scenario: str, host: str, port: int, count: int, size: 
         else:
             runs = [ensureDeferred(one_connection(reactor, n)) for n in shares]
             await gatherResults(runs, consumeErrors=True)
-        _emit(_result(started, cpu_started, scenario, count, size))
+        result = _result(started, cpu_started, scenario, count, size)
+        result["library"] = os.path.dirname(os.path.dirname(os.path.abspath(twisted_smtpconn.__file__)))
+        _emit(result)
 
     task.react(lambda reactor: ensureDeferred(main(reactor)))  # exits the process
     raise AssertionError("unreachable")  # pragma: no cover

@@ -100,6 +100,53 @@ class Summary:
             return None
         return mine / reference
 
+    def labelled(self, label: str) -> Summary:
+        """
+        The subjects run from another checkout (``NAME@label``) under their
+        plain names, with smtp-source: the "before" of a before/after table
+        made from one run.
+        """
+        suffix = "@" + label
+
+        def keep(mapping: dict[tuple[str, str], Any]) -> dict[tuple[str, str], Any]:
+            out = {}
+            for (subject, scenario), value in mapping.items():
+                if subject.endswith(suffix):
+                    out[subject.removesuffix(suffix), scenario] = value
+                elif subject == REFERENCE:
+                    out[subject, scenario] = value
+            return out
+
+        return Summary(
+            pairs=list(keep(dict.fromkeys(self.pairs))),
+            values=keep(self.values),
+            cpu_per_message=keep(self.cpu_per_message),
+            checks=keep(self.checks),
+            rounds=self.rounds,
+            one_count=self.one_count,
+            pool_count=self.pool_count,
+            huge_size=self.huge_size,
+            round_ratios=keep(self.round_ratios),
+        )
+
+    def unlabelled(self) -> Summary:
+        """This summary without the subjects run from another checkout."""
+
+        def keep(mapping: dict[tuple[str, str], Any]) -> dict[tuple[str, str], Any]:
+            return {key: value for key, value in mapping.items() if "@" not in key[0]}
+
+        return Summary(
+            pairs=list(keep(dict.fromkeys(self.pairs))),
+            values=keep(self.values),
+            cpu_per_message=keep(self.cpu_per_message),
+            checks=keep(self.checks),
+            rounds=self.rounds,
+            one_count=self.one_count,
+            pool_count=self.pool_count,
+            huge_size=self.huge_size,
+            round_ratios=keep(self.round_ratios),
+        )
+
     def to_json(self) -> dict[str, Any]:
         def keyed(mapping: dict[tuple[str, str], Any]) -> dict[str, Any]:
             return {f"{subject}|{scenario}": value for (subject, scenario), value in mapping.items()}
@@ -279,7 +326,7 @@ def markdown_table(summary: Summary, before: Summary | None = None) -> str:
     return "\n".join(lines)
 
 
-def before_after_table(before: Summary, after: Summary) -> str:
+def before_after_table(before: Summary, after: Summary, same_run: bool = False) -> str:
     """
     The ratios and CPU per message, before → after, one row per calling
     style of twisted_smtpconn and per other client (whose change shows how
@@ -306,6 +353,10 @@ def before_after_table(before: Summary, after: Summary) -> str:
     # The other clients' ratios show how much the machine moved between
     # the two runs.
     subjects = [s for s in dict.fromkeys([*before.subjects, *after.subjects]) if s != REFERENCE]
+    if same_run:
+        # Both sides ran in the same rounds: the other clients have one
+        # result each, and smtp-source is the same on both sides.
+        subjects = [s for s in subjects if s.startswith(OURS + "/")]
     for subject in subjects:
         cells = [f"{show(before, subject, sc, kind)} → {show(after, subject, sc, kind)}" for sc, kind, _ in columns]
         lines.append(f"| {subject} | " + " | ".join(cells) + " |")
@@ -320,6 +371,14 @@ def before_after_table(before: Summary, after: Summary) -> str:
         else:
             reference.append("")
     lines.append(f"| {REFERENCE} (absolute) | " + " | ".join(reference) + " |")
+    lines.append("")
+    if same_run:
+        lines.append(
+            f"Before and after ran in the same {after.rounds} interleaved round(s), against the same "
+            "smtp-source runs: the ratios are medians over those rounds."
+        )
+    else:
+        lines.append("Before and after are two runs: compare the other clients' rows to see how the machine moved.")
     return "\n".join(lines)
 
 
@@ -360,7 +419,8 @@ def plot(summary: Summary, path: Path) -> None:
             names.append(subject)
             values.append(value)
             ratios.append(ratio)
-            colours.append("#c0392b" if subject.startswith(OURS) else "#2c3e50" if subject == REFERENCE else "#95a5a6")
+            colour = "#e6a19a" if "@" in subject else "#c0392b" if subject.startswith(OURS) else "#95a5a6"
+            colours.append("#2c3e50" if subject == REFERENCE else colour)
         positions = list(range(len(names)))
         axis.barh(positions, values, color=colours)
         axis.set_yticks(positions, names, fontsize=8)

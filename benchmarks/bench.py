@@ -11,6 +11,7 @@ Usage (from the repository root)::
     python benchmarks/bench.py --quick         # 2 rounds, fewer messages, a 128 MiB message
     python benchmarks/bench.py --only 'twisted_smtpconn/queued:one'
     python benchmarks/bench.py --before benchmarks/results/before.json --json after.json
+    python benchmarks/bench.py --before-tree /tmp/old-checkout      # both versions in the same rounds
 
 Every client runs in a process of its own against Postfix's ``smtp-sink``
 on 127.0.0.1, which this script starts and stops by PID.  Scenarios:
@@ -42,7 +43,9 @@ Writes markdown tables to standard output (and ``--markdown FILE``), the
 raw runs and the medians as JSON (``--json FILE``), and a plot (``--plot
 FILE``, default ``docs/_static/benchmark.png``; needs matplotlib, the
 ``bench`` extra).  ``--before FILE`` (the JSON of an earlier run) adds a
-before/after table.  Needs Postfix's ``smtp-sink`` and ``smtp-source``
+before/after table; ``--before-tree PATH`` runs another checkout's
+twisted_smtpconn (``twisted_smtpconn/STYLE@before``) in the same rounds and
+makes that table from the one run.  Needs Postfix's ``smtp-sink`` and ``smtp-source``
 (Debian: ``postfix``), aiosmtpd, aiosmtplib, and GNU time
 (``/usr/bin/time``) for peak RSS.
 """
@@ -96,6 +99,26 @@ OUR_SUBJECTS = tuple(f"{OURS}/{style}" for style in STYLES)
 OTHERS = ("smtplib", "aiosmtplib", "twisted.mail.smtp", "python-pipelining")
 #: Everything that can run, in table order.
 SUBJECTS = (*OUR_SUBJECTS, *OTHERS, REFERENCE)
+#: The label of the subjects run from another checkout (``--before-tree``).
+BEFORE_LABEL = "before"
+
+
+def all_subjects(before_tree: bool = False) -> tuple[str, ...]:
+    """
+    The subjects, in table order; with ``before_tree``, also each style of
+    twisted_smtpconn from that checkout (``twisted_smtpconn/STYLE@before``),
+    right below this checkout's.
+    """
+    if not before_tree:
+        return SUBJECTS
+    ours = (*OUR_SUBJECTS, *(f"{subject}@{BEFORE_LABEL}" for subject in OUR_SUBJECTS))
+    return (*ours, *OTHERS, REFERENCE)
+
+
+def split_label(subject: str) -> tuple[str, str | None]:
+    """``twisted_smtpconn/queued@before`` -> (``twisted_smtpconn/queued``, ``before``)."""
+    name, at, label = subject.partition("@")
+    return (name, label) if at else (subject, None)
 SCENARIOS = ("one", "large", "large-gen", "pool", "huge")
 CONNECTIONS = 10
 
@@ -106,6 +129,10 @@ RUN_TIMEOUT = 600.0
 GIB = 1024**3
 MIB = 1024**2
 
+#: label -> the checkout whose twisted_smtpconn its subjects run
+#: (``--before-tree``).
+TREES: dict[str, Path] = {}
+
 
 def scenarios_of(subject: str) -> tuple[str, ...]:
     """
@@ -114,14 +141,19 @@ def scenarios_of(subject: str) -> tuple[str, ...]:
     in the awaited style (a single send: the style changes nothing there).
     """
     if subject.startswith(OURS + "/"):
-        huge = ("huge",) if subject == f"{OURS}/awaited" else ()
+        huge = ("huge",) if split_label(subject)[0] == f"{OURS}/awaited" else ()
         return ("one", "large", "large-gen", "pool", *huge)
     if subject == "python-pipelining":
         return ("one", "large", "pool")
     return ("one", "large", "pool", "huge")
 
 
-def select(clients: Iterable[str] | None, only: Iterable[str] | None, reference: bool = True) -> list[tuple[str, str]]:
+def select(
+    clients: Iterable[str] | None,
+    only: Iterable[str] | None,
+    reference: bool = True,
+    subjects: tuple[str, ...] = SUBJECTS,
+) -> list[tuple[str, str]]:
     """
     The ``(subject, scenario)`` pairs to run, in table order.
 
@@ -132,17 +164,22 @@ def select(clients: Iterable[str] | None, only: Iterable[str] | None, reference:
         pair runs if any pattern matches it.  None for all.
     :param reference: add smtp-source in every selected scenario, as the
         ratios need it.
+    :param subjects: what can run (:func:`all_subjects`).
     :raises ValueError: for a client name or pattern that selects nothing.
     """
-    wanted = set(SUBJECTS)
+    wanted = set(subjects)
     if clients is not None:
         wanted = set()
         for name in clients:
-            matches = [subject for subject in SUBJECTS if subject == name or subject.startswith(name + "/")]
+            matches = [
+                subject
+                for subject in subjects
+                if name in (subject, split_label(subject)[0]) or subject.startswith(name + "/")
+            ]
             if not matches:
-                raise ValueError(f"unknown client {name!r}: one of {', '.join(SUBJECTS)} (or {OURS})")
+                raise ValueError(f"unknown client {name!r}: one of {', '.join(subjects)} (or {OURS})")
             wanted.update(matches)
-    pairs = [(subject, scenario) for subject in SUBJECTS if subject in wanted for scenario in scenarios_of(subject)]
+    pairs = [(subject, scenario) for subject in subjects if subject in wanted for scenario in scenarios_of(subject)]
     if only is not None:
         patterns = [pattern.partition(":")[::2] for pattern in only]
         chosen = []
@@ -163,7 +200,7 @@ def select(clients: Iterable[str] | None, only: Iterable[str] | None, reference:
         needed = {REFERENCE_SCENARIO.get(scenario, scenario) for _, scenario in pairs}
         pairs += [(REFERENCE, scenario) for scenario in scenarios_of(REFERENCE) if scenario in needed]
         pairs = [pair for pair in dict.fromkeys(pairs)]
-    order = {subject: n for n, subject in enumerate(SUBJECTS)}
+    order = {subject: n for n, subject in enumerate(subjects)}
     return sorted(pairs, key=lambda pair: (order[pair[0]], SCENARIOS.index(pair[1])))
 
 
@@ -267,17 +304,22 @@ def run_client(
         program = find_program("smtp-source")
         if program is None:
             return Run(client, scenario, round_number, ok=False, error="smtp-source not found")
+        label = None
         path = {"one": files.small, "pool": files.small, "large": files.large}.get(scenario)
         argv = _smtp_source_argv(program, scenario, port, count, path or files.generated(size))
     else:
         script = str(HERE / "_clients.py")
-        argv = [sys.executable, script, client, scenario, LOOPBACK, str(port), str(count), str(size)]
+        name, label = split_label(client)
+        argv = [sys.executable, script, name, scenario, LOOPBACK, str(port), str(count), str(size)]
+    library = HERE.parent if client == REFERENCE or label is None else TREES[label]
     time_program = _time_program()
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
         if time_program is not None:
             argv = [time_program, "-f", "%M", "-o", rss_file.name, *argv]
-        python_path = os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])
-        env = dict(os.environ, PYTHONPATH=python_path)
+        python_path = os.pathsep.join([str(library), os.environ.get("PYTHONPATH", "")])
+        # _clients.py imports twisted_smtpconn from this checkout, ahead of
+        # any installed copy.
+        env = dict(os.environ, PYTHONPATH=python_path, SMTPCONN_BENCH_LIBRARY=str(library))
         # Only this child is reaped in between (smtp-sink is reaped when it
         # is stopped), so the difference is this run's.
         cpu_before = _children_cpu()
@@ -304,6 +346,11 @@ def run_client(
         run.elapsed = wall
     else:
         result = json.loads(out.decode().strip().splitlines()[-1])
+        imported = result.get("library")
+        if imported is not None and not Path(imported).resolve().is_relative_to(library.resolve()):
+            run.ok = False
+            run.error = f"twisted_smtpconn came from {imported}, not from {library}"
+            return run
         run.elapsed = float(result["elapsed"])
         run.cpu = float(result["cpu"])
         if run.peak_rss_kib is None:
@@ -550,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-reference", action="store_true", help="do not add smtp-source to the selected scenarios"
     )
     parser.add_argument("--before", type=Path, help="the JSON of an earlier run: add a before/after table")
+    parser.add_argument(
+        "--before-tree",
+        type=Path,
+        help="another checkout of the library (e.g. a git worktree of the old commit): run its "
+        f"styles too, as {OURS}/STYLE@{BEFORE_LABEL}, in the same rounds, and add a before/after table",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--json", type=Path, help="write the raw runs, checks and medians to this file")
     parser.add_argument(
@@ -564,11 +617,18 @@ def main(argv: list[str] | None = None) -> int:
     huge_mib = options.huge_mib or (128 if options.quick else 1024)
     if not 1 <= rounds <= 50 or huge_mib < 1 or not 1 <= one_count <= 100_000 or not 1 <= pool_count <= 100_000:
         parser.error("--rounds must be 1 to 50, the counts 1 to 100,000 and --huge-mib positive")
+    if options.before_tree is not None:
+        if not (options.before_tree / "twisted_smtpconn" / "__init__.py").is_file():
+            parser.error(f"--before-tree: no twisted_smtpconn package in {options.before_tree}")
+        if options.before is not None:
+            parser.error("--before and --before-tree: one before at a time")
+        TREES[BEFORE_LABEL] = options.before_tree.resolve()
     try:
         pairs = select(
             options.clients.split(",") if options.clients else None,
             options.only.split(",") if options.only else None,
             reference=not options.no_reference,
+            subjects=all_subjects(options.before_tree is not None),
         )
     except ValueError as error:
         parser.error(str(error))
@@ -589,9 +649,12 @@ def main(argv: list[str] | None = None) -> int:
         files.remove()
 
     summary = summarise(runs, checks, plan, pairs)
+    if options.before_tree is not None:
+        before = summary.labelled(BEFORE_LABEL)
     tables = markdown_table(summary, before)
     if before is not None:
-        tables += "\n\n" + before_after_table(before, summary)
+        same_run = options.before_tree is not None
+        tables += "\n\n" + before_after_table(before, summary.unlabelled(), same_run=same_run)
     print(tables)
     print(f"(finished in {time.monotonic() - started:.0f} s)", file=sys.stderr)
     if options.markdown:

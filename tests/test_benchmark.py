@@ -182,6 +182,48 @@ def test_selection_of_clients_styles_and_scenarios() -> None:
         select(["sendmail"], None)
 
 
+def test_a_before_checkout_runs_beside_this_one() -> None:
+    from _report import Summary, before_after_table
+    from bench import all_subjects, select
+
+    subjects = all_subjects(before_tree=True)
+    assert subjects[:6] == (
+        "twisted_smtpconn/awaited",
+        "twisted_smtpconn/queued",
+        "twisted_smtpconn/pool",
+        "twisted_smtpconn/awaited@before",
+        "twisted_smtpconn/queued@before",
+        "twisted_smtpconn/pool@before",
+    )
+    # Patterns reach both checkouts; the memory run is in the awaited style of each.
+    assert select(None, ["twisted_smtpconn/queued*:one"], subjects=subjects) == [
+        ("twisted_smtpconn/queued", "one"),
+        ("twisted_smtpconn/queued@before", "one"),
+        ("smtp-source", "one"),
+    ]
+    assert ("twisted_smtpconn/awaited@before", "huge") in select(None, None, subjects=subjects)
+    summary = Summary(
+        pairs=[("twisted_smtpconn/queued", "one"), ("twisted_smtpconn/queued@before", "one"), ("smtp-source", "one")],
+        values={
+            ("twisted_smtpconn/queued", "one"): 10000.0,
+            ("twisted_smtpconn/queued@before", "one"): 4000.0,
+            ("smtp-source", "one"): 5000.0,
+        },
+        cpu_per_message={("twisted_smtpconn/queued", "one"): 50e-6, ("twisted_smtpconn/queued@before", "one"): 250e-6},
+        checks={},
+        rounds=5,
+        one_count=2000,
+        pool_count=200,
+        huge_size=1024**3,
+    )
+    before, after = summary.labelled("before"), summary.unlabelled()
+    assert before.values == {("twisted_smtpconn/queued", "one"): 4000.0, ("smtp-source", "one"): 5000.0}
+    assert after.subjects == ["twisted_smtpconn/queued", "smtp-source"]
+    table = before_after_table(before, after, same_run=True)
+    assert "| twisted_smtpconn/queued | 0.80 → 2.00 | — → — | — → — | — → — | 250 µs → 50 µs | — → — |" in table
+    assert "same 5 interleaved round(s)" in table
+
+
 def test_plot_is_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from _report import plot
