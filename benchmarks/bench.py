@@ -45,8 +45,8 @@ FILE``, default ``docs/_static/benchmark.png``; needs matplotlib, the
 ``bench`` extra).  ``--before FILE`` (the JSON of an earlier run) adds a
 before/after table; ``--before-tree PATH`` runs another checkout's
 twisted_smtpconn (``twisted_smtpconn/STYLE@before``) in the same rounds and
-makes that table from the one run.  Needs Postfix's ``smtp-sink`` and ``smtp-source``
-(Debian: ``postfix``), aiosmtpd, aiosmtplib, and GNU time
+makes that table from the one run.  Needs Postfix's ``smtp-sink`` and
+``smtp-source`` (Debian: ``postfix``), aiosmtpd, aiosmtplib, and GNU time
 (``/usr/bin/time``) for peak RSS.
 """
 
