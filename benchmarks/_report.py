@@ -18,6 +18,7 @@ __all__ = [
     "Summary",
     "markdown_table",
     "before_after_table",
+    "rst_table",
     "plot",
     "TARGETS",
     "OURS",
@@ -323,6 +324,37 @@ def markdown_table(summary: Summary, before: Summary | None = None) -> str:
         lines.append("Targets for twisted_smtpconn (ratios to smtp-source):")
         lines.append("")
         lines.extend(targets)
+    return "\n".join(lines)
+
+
+def rst_table(summary: Summary) -> str:
+    """The main table and CPU per message as reStructuredText list-tables, for docs/performance.rst."""
+    headers = _headers(summary)
+    scenarios = summary.scenarios
+    width = 100 // (len(scenarios) + 1)
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: " + " ".join([str(100 - width * len(scenarios))] + [str(width)] * len(scenarios)),
+        "",
+        "   * - client",
+    ]
+    lines += [f"     - {headers[scenario]}" for scenario in scenarios]
+    for subject in summary.subjects:
+        lines.append(f"   * - {subject}")
+        for scenario in scenarios:
+            cell = _cell(summary, subject, scenario).replace("*", "\\*")
+            lines.append(f"     - {cell}")
+    timed = [scenario for scenario in scenarios if scenario != "huge"]
+    if timed and summary.cpu_per_message:
+        lines += ["", ".. list-table:: CPU time per message", "   :header-rows: 1", "", "   * - client"]
+        lines += [f"     - {_SHORT[scenario]}" for scenario in timed]
+        for subject in summary.subjects:
+            cells = [_cpu(summary.cpu_per_message.get((subject, scenario)), scenario) for scenario in timed]
+            if any(cell != "—" for cell in cells):
+                name = f"{subject} (whole process)" if subject == REFERENCE else subject
+                lines.append(f"   * - {name}")
+                lines += [f"     - {cell}" for cell in cells]
     return "\n".join(lines)
 
 

@@ -91,6 +91,7 @@ from _report import (  # noqa: E402
     before_after_table,
     markdown_table,
     plot,
+    rst_table,
 )
 from _servers import LOOPBACK, Recorder, SmtpSink, find_program  # noqa: E402
 
@@ -578,6 +579,25 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def report(summary: Summary, before: Summary | None, options: argparse.Namespace) -> None:
+    """The tables on standard output and in the files the options name, and the plot."""
+    same_run = options.before_tree is not None
+    if same_run:
+        before = summary.labelled(BEFORE_LABEL)
+    tables = markdown_table(summary, before)
+    if before is not None:
+        tables += "\n\n" + before_after_table(before, summary.unlabelled(), same_run=same_run)
+    print(tables)
+    if options.markdown:
+        options.markdown.write_text(tables + "\n", encoding="utf-8")
+    if options.rst:
+        options.rst.write_text(rst_table(summary.unlabelled()) + "\n", encoding="utf-8")
+    if not options.no_plot:
+        options.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(summary, options.plot)
+        print(f"plot written to {options.plot}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds, 500 messages in (1), a 128 MiB message")
@@ -605,6 +625,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--json", type=Path, help="write the raw runs, checks and medians to this file")
+    parser.add_argument("--rst", type=Path, help="write the main table as a reStructuredText list-table")
+    parser.add_argument(
+        "--from-json", type=Path, help="run nothing: make the tables, plot and --rst from a saved --json"
+    )
     parser.add_argument(
         "--plot", type=Path, default=HERE.parent / "docs" / "_static" / "benchmark.png", help="PNG to write"
     )
@@ -637,6 +661,15 @@ def main(argv: list[str] | None = None) -> int:
         before = Summary.from_json(json.loads(options.before.read_text(encoding="utf-8"))["summary"])
     plan = Plan(rounds=rounds, one_count=one_count, pool_count=pool_count, huge_size=huge_mib * MIB)
 
+    if options.from_json is not None:
+        # Only the report again (say, the plot and the docs table from the
+        # final run), nothing run.
+        summary = Summary.from_json(json.loads(options.from_json.read_text(encoding="utf-8"))["summary"])
+        if any(split_label(subject)[1] == BEFORE_LABEL for subject in summary.subjects):
+            options.before_tree = Path(".")  # the before/after table from the same run
+        report(summary, before, options)
+        return 0
+
     started = time.monotonic()
     files = Files(Path(tempfile.mkdtemp(prefix="smtpconn-bench-")))
     try:
@@ -647,18 +680,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = list(timed_runs(plan, files, [pair for pair in pairs if pair in passed]))
     finally:
         files.remove()
+    print(f"(finished in {time.monotonic() - started:.0f} s)", file=sys.stderr)
 
     summary = summarise(runs, checks, plan, pairs)
-    if options.before_tree is not None:
-        before = summary.labelled(BEFORE_LABEL)
-    tables = markdown_table(summary, before)
-    if before is not None:
-        same_run = options.before_tree is not None
-        tables += "\n\n" + before_after_table(before, summary.unlabelled(), same_run=same_run)
-    print(tables)
-    print(f"(finished in {time.monotonic() - started:.0f} s)", file=sys.stderr)
-    if options.markdown:
-        options.markdown.write_text(tables + "\n", encoding="utf-8")
     if options.json:
         raw = {
             "plan": asdict(plan),
@@ -669,10 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         options.json.parent.mkdir(parents=True, exist_ok=True)
         options.json.write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
-    if not options.no_plot:
-        options.plot.parent.mkdir(parents=True, exist_ok=True)
-        plot(summary, options.plot)
-        print(f"plot written to {options.plot}", file=sys.stderr)
+    report(summary, before, options)
     # Another library failing its check is a result; ours or the
     # reference failing is a broken run.
     failed = [(c.client, c.ok) for c in checks] + [(r.client, r.ok) for r in runs]

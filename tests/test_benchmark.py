@@ -113,6 +113,12 @@ def test_report_gives_ratios_to_smtp_source_cpu_and_the_targets() -> None:
     assert "- (3) pool: 1.500× <= 1×: **missed**" in table
     assert "- (4) awaited: 50.000 MiB <= 64 MiB: met" in table
     assert "- CPU per message, (1) queued: 60 µs, 0.21 of before (280 µs) <= 0.25: met" in table
+    from _report import rst_table
+
+    rst = rst_table(summary)  # type: ignore[arg-type]
+    assert rst.startswith(".. list-table::\n   :header-rows: 1\n")
+    assert "   * - twisted_smtpconn/awaited\n     - 6,000 msg/s (1.20×; 1.10–1.30)\n     - —\n" in rst
+    assert "   * - twisted_smtpconn/queued\n     - 60 µs\n" in rst
     pasted = before_after_table(before, summary)  # type: ignore[arg-type]
     assert "| twisted_smtpconn/queued | 2.40 → 2.40 | — → — | — → — | — → — | 280 µs → 60 µs | — → — |" in pasted
 
