@@ -7,6 +7,7 @@ root or ``ptrace`` rights)::
     python benchmarks/profile.py                                  # twisted_smtpconn/queued, scenario 1
     python benchmarks/profile.py --subject twisted_smtpconn/awaited --count 2000 --out profile.txt
     python benchmarks/profile.py --speedscope profile.json        # also a file for speedscope.app
+    python benchmarks/profile.py --syscalls                       # system calls per message (strace)
 
 Starts ``smtp-sink`` on 127.0.0.1 (stopped by PID afterwards), runs the
 client of ``bench.py`` under ``py-spy record`` (raw collapsed stacks, by
@@ -59,6 +60,44 @@ def record(py_spy: str, argv: list[str], out: Path, fmt: str, rate: int) -> None
     if completed.returncode != 0:
         said = completed.stderr.decode("utf-8", "replace").strip()[-2000:]
         raise SystemExit(f"py-spy failed ({completed.returncode}): {said}")
+
+
+def syscalls_per_message(client: list[str], count: int) -> dict[str, float]:
+    """
+    System calls per message under ``strace -f -c``: a run of ``count``
+    messages less a run of one, divided by ``count - 1``, so that start-up,
+    connecting and closing cancel out.
+
+    :param client: the client's command line without its last two
+        arguments (the message count and size).
+    """
+    strace = shutil.which("strace")
+    if strace is None:
+        raise SystemExit("strace not found (Debian package strace)")
+    counts = []
+    with tempfile.TemporaryDirectory(prefix="smtpconn-strace-") as directory:
+        for n in (1, count):
+            out = Path(directory) / f"strace-{n}.txt"
+            python_path = os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])
+            completed = subprocess.run(
+                [strace, "-f", "-c", "-o", str(out), *client, str(n), "0"],
+                env=dict(os.environ, PYTHONPATH=python_path),
+                capture_output=True,
+                timeout=600,
+                check=False,
+            )
+            if completed.returncode != 0:
+                raise SystemExit(f"the client failed under strace: {completed.stderr.decode()[-2000:]}")
+            calls: dict[str, int] = {}
+            for line in out.read_text(encoding="utf-8").splitlines():
+                fields = line.split()
+                # % time, seconds, usecs/call, calls, [errors], syscall
+                if len(fields) >= 5 and fields[3].isdigit() and fields[-1].isidentifier() and fields[-1] != "total":
+                    calls[fields[-1]] = int(fields[3])
+            counts.append(calls)
+    one, many = counts
+    per = {name: (many.get(name, 0) - one.get(name, 0)) / (count - 1) for name in many}
+    return {name: value for name, value in sorted(per.items(), key=lambda item: -item[1]) if value >= 0.05}
 
 
 def _function(frame: str) -> str:
@@ -154,9 +193,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the summary to this file")
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw collapsed stacks in this file")
     parser.add_argument("--speedscope", type=Path, help="record a second run for speedscope.app into this file")
+    parser.add_argument(
+        "--syscalls", action="store_true", help="instead of py-spy: system calls per message, with strace"
+    )
     options = parser.parse_args(argv)
     if not 1 <= options.count <= 200_000 or not 10 <= options.rate <= 10_000 or not 1 <= options.runs <= 20:
         parser.error("--count must be 1 to 200,000, --rate 10 to 10,000 and --runs 1 to 20")
+
+    if options.syscalls:
+        if options.scenario not in ("one", "pool") or options.count < 2:
+            parser.error("--syscalls needs scenario one or pool and --count of at least 2")
+        sink = SmtpSink()
+        try:
+            base = [sys.executable, str(HERE / "_clients.py"), options.subject, options.scenario, LOOPBACK]
+            per = syscalls_per_message([*base, str(sink.port)], options.count)
+        finally:
+            sink.stop()
+        text = (
+            f"System calls per message (strace -f -c, {options.count} messages less 1), "
+            f"{options.subject}, scenario {options.scenario}: {sum(per.values()):.2f} in all\n"
+            + "\n".join(f"{value:8.2f}  {name}" for name, value in per.items())
+        )
+        print(text)
+        if options.out is not None:
+            options.out.write_text(text + "\n", encoding="utf-8")
+        return 0
 
     py_spy = _py_spy()
     sink = SmtpSink()
