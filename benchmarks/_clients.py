@@ -3,16 +3,22 @@ One client, one scenario, in a process of its own.
 
 Run by ``bench.py`` as ``python _clients.py CLIENT SCENARIO HOST PORT
 COUNT SIZE``; prints one JSON object: ``elapsed`` (seconds from before
-connecting to after the last connection closed), ``messages`` and
-``bytes`` (the CRLF size of what was sent).  Peak RSS is measured by the
-parent (``os.wait4``), so it covers everything this process did.
+connecting to after the last connection closed), ``cpu`` (this process's
+CPU time, :func:`time.process_time`, over the same span), ``messages`` and
+``bytes`` (the CRLF size of what was sent); twisted_smtpconn's also
+``library``, the checkout its package was imported from
+(``SMTPCONN_BENCH_LIBRARY``, else this one).  Peak RSS is measured by the
+parent, so it covers everything this process did.
 
 Scenarios:
 
 ``one``
     ``COUNT`` small messages over one connection.
 ``large``
-    One 20 MiB message (``SIZE`` is ignored).
+    One 20 MiB message as one ``bytes`` object (``SIZE`` is ignored).
+``large-gen``
+    The same 20 MiB message as a generator of 64 KiB chunks (cut before the
+    clock starts; twisted_smtpconn only).
 ``pool``
     ``COUNT`` small messages over 10 connections.
 ``huge``
@@ -20,8 +26,23 @@ Scenarios:
     it can: ours and twisted.mail.smtp stream it, smtplib and aiosmtplib
     take it whole, as ``bytes``.
 
+``twisted_smtpconn`` is run in the calling styles its users write, named
+``twisted_smtpconn/STYLE``:
+
+``awaited``
+    each ``send()`` awaited before the next is called (in ``pool``: ten
+    :class:`SMTPConnection` objects side by side, each awaiting its sends);
+``queued``
+    every ``send()`` of a connection called at once, then all awaited
+    (in ``pool``: the same on each of ten connections);
+``pool``
+    ``SMTPPool(max_connections=10)``, every ``send()`` called at once (in
+    ``one`` the pool is free to open up to ten connections, as it would for
+    such a caller).
+
 ``twisted_smtpconn``'s clients use its public API only.  The others use
-their libraries the way their documentation shows.
+their libraries the way their documentation shows; ``python-pipelining``
+uses none, as a yardstick of what Python itself costs.
 """
 
 from __future__ import annotations
@@ -34,12 +55,15 @@ import smtplib
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The twisted_smtpconn to measure: bench.py names the checkout (this one,
+# or the one given with --before-tree).
+sys.path.insert(
+    1, os.environ.get("SMTPCONN_BENCH_LIBRARY") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 from _messages import (  # noqa: E402
     RECIPIENT,
@@ -72,7 +96,7 @@ def _sent(scenario: str, count: int, size: int) -> int:
     """The CRLF bytes of the messages of ``scenario``."""
     if scenario == "huge":
         return generated_size(size)
-    if scenario == "large":
+    if scenario in ("large", "large-gen"):
         return len(large_message())
     return count * len(small_message())
 
@@ -80,46 +104,90 @@ def _sent(scenario: str, count: int, size: int) -> int:
 # -- twisted_smtpconn ----------------------------------------------------------------
 
 
-def run_ours(scenario: str, host: str, port: int, count: int, size: int) -> dict[str, Any]:
-    from twisted.internet import task
-    from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+STYLES = ("awaited", "queued", "pool")
+LARGE_CHUNK = 64 * 1024
 
+
+def _bodies(scenario: str, size: int) -> Callable[[], object]:
+    """
+    A function that returns the message for one send, all its bytes made
+    before the clock starts (the generated one excepted: it is made as it
+    is read, which is the point of it).
+    """
+    if scenario == "huge":
+        return lambda: generated_chunks(size)
+    if scenario == "large-gen":
+        whole = large_message()
+        pieces = [whole[at : at + LARGE_CHUNK] for at in range(0, len(whole), LARGE_CHUNK)]
+
+        def chunks() -> Iterator[bytes]:
+            yield from pieces
+
+        return chunks
+    message = _message(scenario, size)
+    return lambda: message
+
+
+def run_ours(style: str, scenario: str, host: str, port: int, count: int, size: int) -> dict[str, Any]:
+    from twisted.internet import task
+    from twisted.internet.defer import ensureDeferred, gatherResults
+
+    import twisted_smtpconn
     from twisted_smtpconn import Envelope, SMTPConnection, SMTPPool
 
-    # Streamed, never whole: a generator over one 64 KiB block.
-    message: object = None if scenario == "huge" else _message(scenario, size)
+    if style not in STYLES:
+        raise SystemExit(f"unknown style {style!r}: one of {', '.join(STYLES)}")
+    body = _bodies(scenario, size)
     envelope = Envelope(SENDER, [RECIPIENT])
+    messages = count if scenario in ("one", "pool") else 1
+    shares = _shares(messages) if scenario == "pool" else [messages]
 
     async def one_connection(reactor: Any, n: int) -> None:
         conn = SMTPConnection(host, port, name=CLIENT_NAME, reactor=reactor)
         await conn.connect()
-        # Keep the next send queued behind the one running, as a caller
-        # with more than one message does: its envelope then follows the
-        # previous message's final dot (PIPELINING).
-        in_flight: deque[Deferred[Any]] = deque()
-        for _ in range(n):
-            body = generated_chunks(size) if message is None else message
-            in_flight.append(conn.send(envelope, body))
-            if len(in_flight) > 1:
-                await in_flight.popleft()
-        while in_flight:
-            await in_flight.popleft()
+        if style == "awaited":
+            for _ in range(n):
+                await conn.send(envelope, body())
+        else:
+            await gatherResults([conn.send(envelope, body()) for _ in range(n)], consumeErrors=True)
         await conn.quit()
 
     async def main(reactor: Any) -> None:
-        started = time.perf_counter()
-        if scenario == "pool":
+        started, cpu_started = time.perf_counter(), time.process_time()
+        if style == "pool":
+            # max_messages: no connection is replaced halfway through a run
+            # (the default, 100, would add reconnections to scenario 1).
             pool = SMTPPool(
-                host, port, max_connections=CONNECTIONS, max_messages=count, name=CLIENT_NAME, reactor=reactor
+                host,
+                port,
+                max_connections=CONNECTIONS,
+                max_messages=max(messages, 1),
+                name=CLIENT_NAME,
+                reactor=reactor,
             )
-            await gatherResults([pool.send(envelope, message) for _ in range(count)])
-            await pool.close()
+            try:
+                await gatherResults([pool.send(envelope, body()) for _ in range(messages)], consumeErrors=True)
+            finally:
+                await pool.close()
         else:
-            await one_connection(reactor, count if scenario == "one" else 1)
-        _emit({"elapsed": time.perf_counter() - started, "bytes": _sent(scenario, count, size)})
+            runs = [ensureDeferred(one_connection(reactor, n)) for n in shares]
+            await gatherResults(runs, consumeErrors=True)
+        result = _result(started, cpu_started, scenario, count, size)
+        result["library"] = os.path.dirname(os.path.dirname(os.path.abspath(twisted_smtpconn.__file__)))
+        _emit(result)
 
     task.react(lambda reactor: ensureDeferred(main(reactor)))  # exits the process
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _result(started: float, cpu_started: float, scenario: str, count: int, size: int) -> dict[str, Any]:
+    """What every client reports: wall time, CPU time, messages, bytes."""
+    return {
+        "elapsed": time.perf_counter() - started,
+        "cpu": time.process_time() - cpu_started,
+        "messages": count if scenario in ("one", "pool") else 1,
+        "bytes": _sent(scenario, count, size),
+    }
 
 
 # -- smtplib ---------------------------------------------------------------------------
@@ -139,7 +207,7 @@ def run_smtplib(scenario: str, host: str, port: int, count: int, size: int) -> d
             for _ in range(n):
                 client.sendmail(SENDER, [RECIPIENT], message)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     if scenario == "pool":
         # One thread per connection, as smtplib is blocking.
         errors: list[BaseException] = []
@@ -159,7 +227,7 @@ def run_smtplib(scenario: str, host: str, port: int, count: int, size: int) -> d
             raise errors[0]
     else:
         one_connection(count if scenario == "one" else 1)
-    return {"elapsed": time.perf_counter() - started, "bytes": _sent(scenario, count, size)}
+    return _result(started, cpu_started, scenario, count, size)
 
 
 # -- aiosmtplib ------------------------------------------------------------------------
@@ -182,9 +250,69 @@ def run_aiosmtplib(scenario: str, host: str, port: int, count: int, size: int) -
         else:
             await one_connection(count if scenario == "one" else 1)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     asyncio.run(main())
-    return {"elapsed": time.perf_counter() - started, "bytes": _sent(scenario, count, size)}
+    return _result(started, cpu_started, scenario, count, size)
+
+
+# -- a minimal pipelining writer, no library ----------------------------------------
+
+
+def _stuffed(message: bytes) -> bytes:
+    """``message`` (CRLF, ending with CRLF) dot-stuffed, with its final dot."""
+    if message.startswith(b"."):
+        message = b"." + message
+    return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+def run_python_pipelining(scenario: str, host: str, port: int, count: int, size: int) -> dict[str, Any]:
+    """
+    What plain Python can do with no library at all: asyncio streams, the
+    message dot-stuffed before the clock starts, and each envelope written
+    right after the previous message's final dot (RFC 2920), so a message
+    costs one round trip.  No error handling beyond checking each reply's
+    code: a yardstick, not a client.
+    """
+    if scenario not in ("one", "large", "pool"):
+        raise SystemExit(f"python-pipelining has no {scenario} scenario")
+    body = _stuffed(_message(scenario, size))
+    envelope = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
+
+    async def reply(reader: asyncio.StreamReader, expected: int) -> None:
+        while True:
+            line = await reader.readline()
+            if len(line) < 4:
+                raise ConnectionError(f"connection lost or bad reply: {line!r}")
+            if line[3:4] != b"-":
+                break
+        if int(line[:3]) != expected:
+            raise RuntimeError(f"expected {expected}, got {line!r}")
+
+    async def one_connection(n: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        await reply(reader, 220)
+        writer.write(f"EHLO {CLIENT_NAME}\r\n".encode())
+        await reply(reader, 250)
+        writer.write(envelope)
+        for left in range(n - 1, -1, -1):
+            for code in (250, 250, 354):
+                await reply(reader, code)
+            writer.write(body + (envelope if left else b"QUIT\r\n"))
+            await writer.drain()
+            await reply(reader, 250)
+        await reply(reader, 221)
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> None:
+        if scenario == "pool":
+            await asyncio.gather(*(one_connection(n) for n in _shares(count)))
+        else:
+            await one_connection(count if scenario == "one" else 1)
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    asyncio.run(main())
+    return _result(started, cpu_started, scenario, count, size)
 
 
 # -- twisted.mail.smtp ----------------------------------------------------------------------
@@ -281,22 +409,22 @@ def run_twisted_mail(scenario: str, host: str, port: int, count: int, size: int)
         return done
 
     async def main(reactor: Any) -> None:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         if scenario == "pool":
             await defer.gatherResults([one_connection(reactor, n) for n in _shares(count)])
         else:
             await one_connection(reactor, count if scenario == "one" else 1)
-        _emit({"elapsed": time.perf_counter() - started, "bytes": _sent(scenario, count, size)})
+        _emit(_result(started, cpu_started, scenario, count, size))
 
     task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 RUNNERS: dict[str, Callable[[str, str, int, int, int], dict[str, Any]]] = {
-    "twisted_smtpconn": run_ours,
     "smtplib": run_smtplib,
     "aiosmtplib": run_aiosmtplib,
     "twisted.mail.smtp": run_twisted_mail,
+    "python-pipelining": run_python_pipelining,
 }
 
 
@@ -320,6 +448,10 @@ def _emit(result: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> None:
     client, scenario, host, port, count, size = argv
+    if scenario == "large-gen" and not client.startswith("twisted_smtpconn/"):
+        raise SystemExit(f"{client} has no large-gen scenario")
+    if client.startswith("twisted_smtpconn/"):
+        run_ours(client.partition("/")[2], scenario, host, int(port), int(count), int(size))
     result = RUNNERS[client](scenario, host, int(port), int(count), int(size))
     _emit(result)
 
