@@ -24,6 +24,8 @@ import functools
 import os
 from typing import Any
 
+import email.charset
+
 import pytest
 import pytest_twisted
 
@@ -31,7 +33,24 @@ from realservers.aiosmtpd_peer import AiosmtpdServer
 from test_auth_postfix import USERS, Submission, submission  # noqa: F401 - the fixture
 from tls_peers import guard
 
+# Buildbot changes the email package's process-wide charset table when its
+# mail module is imported (UTF-8 bodies sent 8-bit, never encoded).  That is
+# Buildbot's choice for its own messages; it must not leak into the other
+# test modules of this process, so it is in force only while these tests run.
+_CHARSETS_BEFORE = dict(email.charset.CHARSETS)
 buildbot_mail = pytest.importorskip("buildbot.reporters.mail")
+_CHARSETS_BUILDBOT = dict(email.charset.CHARSETS)
+email.charset.CHARSETS.clear()
+email.charset.CHARSETS.update(_CHARSETS_BEFORE)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _buildbot_charsets() -> Any:
+    email.charset.CHARSETS.clear()
+    email.charset.CHARSETS.update(_CHARSETS_BUILDBOT)
+    yield
+    email.charset.CHARSETS.clear()
+    email.charset.CHARSETS.update(_CHARSETS_BEFORE)
 
 SUBJECT = "Buildbot: build #7 of r\u00e9sum\u00e9-tests failed"
 BODY = "The build failed: 3 tests, 1 failure (\u00fcn\u00efc\u00f6de).\n"

@@ -344,3 +344,13 @@ def test_no_second_message_without_pipelining() -> None:
     server.answer()
     assert result(second).accepted == ["r2@x.org"]
     result(pool.close())
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [({"colour": "blue"}, TypeError), ({"socket_timeout": -1}, ValueError), ({"logger": "stderr"}, TypeError),
+     ({"proxy": "ftp://h:1"}, ValueError), ({"secure": True, "ignore_tls": True}, ValueError)],
+)
+def test_bad_connection_options_fail_when_the_pool_is_made(options: dict[str, object], error: type) -> None:
+    with pytest.raises(error):
+        SMTPPool("127.0.0.1", 25, **options)  # type: ignore[arg-type]

@@ -144,29 +144,32 @@ def _check_conflicts(secure: bool, ignore_tls: bool, require_tls: bool, opportun
 
 def validate_options(
     *,
-    host: object,
-    port: object,
-    secure: object,
-    ignore_tls: object,
-    require_tls: object,
-    opportunistic_tls: object,
-    name: object,
-    local_address: object,
-    connection_timeout: object,
-    greeting_timeout: object,
-    socket_timeout: object,
-    debug: object,
-    auth_method: object,
-    allow_insecure_auth: object,
-    tls: object,
-    endpoint: object,
-    connection: object,
-    lmtp: object,
+    host: object = "localhost",
+    port: object = None,
+    secure: object = False,
+    ignore_tls: object = False,
+    require_tls: object = False,
+    opportunistic_tls: object = False,
+    name: object = None,
+    local_address: object = None,
+    connection_timeout: object = 120.0,
+    greeting_timeout: object = 30.0,
+    socket_timeout: object = 600.0,
+    debug: object = False,
+    auth_method: object = None,
+    allow_insecure_auth: object = False,
+    tls: object = None,
+    endpoint: object = None,
+    connection: object = None,
+    lmtp: object = False,
     prefer_data: object = False,
     proxy: object = None,
 ) -> ConnectionOptions:
     """
-    Check every option and return them normalised.
+    Check every option and return them normalised: the one place where a
+    connection's options are checked, for :class:`SMTPConnection` and, with
+    the options it was given, for :class:`SMTPPool` (the defaults are
+    :class:`SMTPConnection`'s).
 
     :raises TypeError: for a value of the wrong type.
     :raises ValueError: for a value out of range or options that contradict

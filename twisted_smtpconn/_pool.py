@@ -34,7 +34,8 @@ from ._email import headers_envelope
 from ._envelope import Envelope, coerce_envelope
 from ._errors import ProtocolError, SMTPConnectionError
 from ._lifecycle import State
-from ._options import default_reactor
+from ._logging import make_logger
+from ._options import default_reactor, validate_options
 from ._sendinfo import SendInfo
 from ._source import check_message
 
@@ -229,8 +230,11 @@ class SMTPPool:
         self._host = host
         self._port = port
         self._connection_options = dict(connection_options)
-        # Build one connection now so that bad options fail here, not later.
-        self._new_connection()
+        # Bad options fail here, not at the first message: the connections'
+        # own check, with the options they will get.
+        checked = dict(connection_options)
+        make_logger(checked.pop("logger", None))
+        validate_options(host=host, port=port, **checked)
         self._auth = coerce_auth(auth) if auth is not None else None
         self._max_connections = max_connections
         self._max_messages = max_messages
