@@ -234,57 +234,88 @@ async def test_fault02_pool_abort_during_connect(point: str) -> None:
 # -- fault 3: a trickled reply holds a command forever ------------------------------------------
 
 
-@pytest.mark.slow
-@pytest_twisted.ensureDeferred
-async def test_fault03_trickled_ehlo_reply_times_out() -> None:
+#: The steps whose reply the trickling server drips, and the call that waits for it.
+TRICKLE_STEPS = ("EHLO", "MAIL", "RCPT", "DATA", "dot", "RSET", "QUIT")
+
+
+class TrickleAt:
     """
-    One byte every 1.5 s with ``socket_timeout=2``: every byte is within
-    the inactivity bound, but the whole reply is not within ``socket_timeout``
-    of EHLO being written, so connect() fails with ETIMEDOUT after ~2 s.
+    A correct, non-pipelining server that answers the command of ``step``
+    one byte every ``pause`` seconds: each byte well within the inactivity
+    bound, the whole reply far beyond it.
     """
 
-    async def scenario(peer: Peer) -> None:
+    def __init__(self, step: str, pause: float = 1.5) -> None:
+        self.step = step
+        self.pause = pause
+
+    async def reply(self, peer: Peer, step: str, text: bytes) -> None:
+        if step == self.step:
+            await peer.trickle(text[:3] + b" this reply takes all the time in the world\r\n", self.pause)
+        else:
+            peer.send(text)
+
+    async def __call__(self, peer: Peer) -> None:
         peer.send(b"220 adversary.example ESMTP\r\n")
         await peer.expect_prefix(b"EHLO ")
-        await peer.trickle(EHLO_PLAIN, 1.5)
+        await self.reply(peer, "EHLO", EHLO_PLAIN)
+        while True:
+            line = await peer.read_line()
+            verb = line.split(b":", 1)[0].split(b" ", 1)[0].upper()
+            if verb == b"MAIL":
+                await self.reply(peer, "MAIL", b"250 ok\r\n")
+            elif verb == b"RCPT":
+                await self.reply(peer, "RCPT", b"250 ok\r\n")
+            elif verb == b"DATA":
+                await self.reply(peer, "DATA", b"354 go ahead\r\n")
+                await peer.read_message()
+                await self.reply(peer, "dot", b"250 queued\r\n")
+            elif verb == b"RSET":
+                await self.reply(peer, "RSET", b"250 reset\r\n")
+            elif verb == b"QUIT":
+                await self.reply(peer, "QUIT", b"221 bye\r\n")
+                peer.close()
+                return
+            else:
+                peer.send(b"502 what\r\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", TRICKLE_STEPS)
+@pytest_twisted.ensureDeferred
+async def test_fault03_trickled_reply_times_out(step: str) -> None:
+    """
+    One byte every 1.5 s with ``socket_timeout=2``: every byte is within
+    the inactivity bound, but the whole reply is not within
+    ``socket_timeout`` of its command, so the call ends after ~2 s with
+    ETIMEDOUT (``delivery_unknown`` only for the final dot's reply); QUIT's
+    reply is not waited for beyond the deadline either: quit() fires, the
+    connection is gone.
+    """
 
     async def body(s: Session) -> None:
         conn = s.connect_to(socket_timeout=2.0, greeting_timeout=5.0)
         started = reactor().seconds()
-        error = assert_error(await outcome(conn.connect(), 8.0), "ETIMEDOUT")
+        if step == "EHLO":
+            error = assert_error(await outcome(conn.connect(), 8.0), "ETIMEDOUT")
+        else:
+            await bounded(conn.connect())
+            started = reactor().seconds()
+            if step == "QUIT":
+                assert await bounded(conn.quit(), 8.0) is None
+                error = None
+            elif step == "RSET":
+                error = assert_error(await outcome(conn.reset(), 8.0), "ETIMEDOUT")
+            else:
+                error = assert_error(await outcome(conn.send(ENVELOPE, good_message("trickle")), 8.0), "ETIMEDOUT")
         assert reactor().seconds() - started < 4.5, "the deadline is per reply, not per byte"
-        assert error.closes_connection
+        if error is not None:
+            assert error.closes_connection
+            assert error.delivery_unknown is (step == "dot"), repr(error)
         await bounded(conn.when_closed(), 2.0)
         assert conn.state.value == "closed"
 
-    await run(scenario, body)
-
-
-@pytest.mark.slow
-@pytest_twisted.ensureDeferred
-async def test_fault03_trickled_reply_to_the_final_dot_times_out() -> None:
-    async def scenario(peer: Peer) -> None:
-        peer.send(b"220 adversary.example ESMTP\r\n")
-        await peer.expect_prefix(b"EHLO ")
-        peer.send(EHLO_PLAIN)
-        await peer.expect_prefix(b"MAIL FROM:")
-        peer.send(b"250 ok\r\n")
-        await peer.expect_prefix(b"RCPT TO:")
-        peer.send(b"250 ok\r\n")
-        await peer.expect(b"DATA")
-        peer.send(b"354 go ahead\r\n")
-        await peer.read_message()
-        await peer.trickle(b"250 2.0.0 queued after a long while\r\n", 1.5)
-
-    async def body(s: Session) -> None:
-        conn = s.connect_to(socket_timeout=2.0)
-        await bounded(conn.connect())
-        started = reactor().seconds()
-        error = assert_error(await outcome(conn.send(ENVELOPE, good_message("trickle")), 8.0), "ETIMEDOUT")
-        assert reactor().seconds() - started < 4.5, "the deadline is per reply, not per byte"
-        assert error.delivery_unknown, "the final dot was sent: the outcome is unknown"
-
-    await run(scenario, body)
+    await run(TrickleAt(step), body)
 
 
 # -- fault 4: a slow but steady reader times out ------------------------------------------------
