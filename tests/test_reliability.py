@@ -557,6 +557,59 @@ async def test_fault08_reply_appended_to_the_greeting_is_a_protocol_error() -> N
     await run(scenario, body)
 
 
+#: Steps whose reply gets an unsolicited "250 extra" glued to it, in the
+#: same write, and the last line the client may write before it stops.
+GLUED_STEPS = {
+    "EHLO": b"EHLO client.example\r\n",
+    "MAIL": b"MAIL FROM:<sender@example.org>\r\n",
+    "RCPT": b"RCPT TO:<rcpt@example.org>\r\n",
+    "RSET": b"RSET\r\n",
+}
+
+
+@pytest.mark.parametrize("step", sorted(GLUED_STEPS))
+@pytest_twisted.ensureDeferred
+async def test_fault08_extra_reply_glued_to_any_reply_is_a_protocol_error(step: str) -> None:
+    """
+    The systematic form: without PIPELINING, a reply with one more reply
+    glued to it in the same segment is ``EPROTOCOL`` at every step, and
+    the client writes nothing once the dialogue is out of step.
+    """
+
+    async def scenario(peer: Peer) -> None:
+        extra = b"250 extra\r\n"
+        peer.send(b"220 adversary.example ESMTP\r\n")
+        await peer.expect_prefix(b"EHLO ")
+        peer.send(EHLO_PLAIN + (extra if step == "EHLO" else b""))
+        while True:
+            line = await peer.read_line()
+            verb = line.split(b":", 1)[0].split(b" ", 1)[0].upper()
+            if verb in (b"MAIL", b"RCPT", b"RSET"):
+                peer.send(b"250 ok\r\n" + (extra if verb.decode() == step else b""))
+            elif verb == b"QUIT":
+                peer.send(b"221 bye\r\n")
+                peer.close()
+                return
+            else:
+                peer.send(b"502 not expected here\r\n")
+
+    async def body(s: Session) -> None:
+        conn = s.connect_to()
+        if step == "EHLO":
+            d = conn.connect()
+        else:
+            await bounded(conn.connect())
+            d = conn.reset() if step == "RSET" else conn.send(ENVELOPE, good_message("glued"))
+        error = assert_error(await outcome(d), "EPROTOCOL")
+        assert error.closes_connection
+        await bounded(conn.when_closed(), 3.0)
+        assert conn.state.value == "closed"
+
+    session = await run(scenario, body)
+    received = bytes(session.peer.received)
+    assert received.endswith(GLUED_STEPS[step]), f"written after the glued reply: {received!r}"
+
+
 # -- fault 9: the pool's rate limit, as the server sees it --------------------------------------
 
 #: Arrival jitter allowed: the client counts when it writes MAIL, the
