@@ -614,8 +614,8 @@ async def test_fault08_extra_reply_glued_to_any_reply_is_a_protocol_error(step: 
 
 #: Arrival jitter allowed: the client counts when it writes MAIL, the
 #: server when it reads it; loopback delivery can bring two arrivals a few
-#: milliseconds closer than their writes were.
-JITTER = 0.05
+#: milliseconds closer than their writes were (more on a loaded machine).
+JITTER = 0.1
 
 
 def _most_in_a_window(times: list[float], interval: float) -> int:
