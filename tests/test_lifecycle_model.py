@@ -4,8 +4,9 @@ The connection's lifecycle under random call sequences and failure points
 
 A hypothesis :class:`RuleBasedStateMachine` drives one
 :class:`~twisted_smtpconn.SMTPConnection` through its public API only
-(``connect``, ``send`` of a good message or of a source that breaks
-mid-message, ``reset``, ``quit``, ``close``, ``when_closed``) while the
+(``connect``, a second ``connect``, ``send`` of a good message or of a
+source that breaks mid-message, ``reset``, ``quit``, ``close``,
+``when_closed``) while the
 other side of the wire misbehaves at random moments: the TCP connect is
 slow or refused, the server closes, says 421, goes silent while the clock
 runs past every timeout, or sends a reply nobody asked for.
@@ -14,14 +15,16 @@ Everything is in memory and deterministic: a ``MemoryReactorClock`` is the
 connection's reactor, and the connection's ``endpoint`` is
 :class:`ModelEndpoint`, whose connect attempts stay pending until a rule
 completes or refuses them, and whose transports feed a small model SMTP
-server (:class:`ModelServer`, answering EHLO, MAIL, RCPT, DATA, the final
-dot, RSET, NOOP and QUIT).  The server answers only when a rule lets it
-(``server_step``), so any call can land between a command and its reply.
-Closing a transport delivers ``connectionLost`` on the next reactor turn, as
-a real TCP transport does.
+server (:class:`ModelServer`, with or without PIPELINING, answering EHLO,
+MAIL, RCPT, DATA, the final dot, RSET, NOOP and QUIT).  The server answers
+only when a rule lets it (``server_step``), so any call can land between a
+command and its reply.  Closing a transport delivers ``connectionLost``
+only when the network moves (``deliver_losses``, ``run_dialogue``, the
+clock rules), as with TCP, where it comes a reactor turn or more later; so
+calls can land between a close and its ``connectionLost`` too.
 
 The invariants, checked after every step once the reactor has run what was
-due:
+due (those about "closed" once no ``connectionLost`` is still to come):
 
 * the state is ``closed`` exactly when the transport is gone (or was never
   made and no connect attempt is left to it);
