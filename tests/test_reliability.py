@@ -328,6 +328,12 @@ async def test_fault04_slow_steady_reader_does_not_time_out() -> None:
     The server reads 1 KiB every 0.25 s through a small receive buffer; a
     24 KiB message takes ~6 s to go, twice ``socket_timeout``, but data
     moves all the time, so the send succeeds and arrives whole.
+
+    Most of the message sits in the kernel's buffers at once, so progress
+    is visible only there (the send queue draining), not in the
+    transport's own buffer.  With fault 3's whole-reply deadline, the
+    deadline for the reply to the final dot must start when the server has
+    taken the data, not when the dot was handed to the transport.
     """
     server = SlowReader(chunk=1024, pause=0.25, rcvbuf=2048)
     try:
