@@ -27,6 +27,7 @@ failed before the fix.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -496,29 +497,68 @@ async def test_fault06_implicit_tls_handshake_is_not_in_the_greeting_timeout(tmp
 # -- fault 7: quit() after a failed connect raises ----------------------------------------------
 
 
-@pytest.mark.parametrize("failure", ["554-greeting", "greeting-timeout", "socket-timeout"])
+#: How connect() fails, and the code it fails with.
+CONNECT_FAILURES = {
+    "554-greeting": "EPROTOCOL",
+    "421-greeting": "ECONNECTION",
+    "greeting-timeout": "ETIMEDOUT",
+    "socket-timeout": "ETIMEDOUT",
+    "closed-after-greeting": "ECONNECTION",
+}
+
+
+@pytest.mark.parametrize("failure", sorted(CONNECT_FAILURES))
+@pytest.mark.parametrize("order", ["quit-then-close", "close-then-quit"])
 @pytest_twisted.ensureDeferred
-async def test_fault07_quit_and_close_after_a_failed_connect_are_quiet(failure: str) -> None:
-    """The README's ``finally: await conn.quit()`` must not end in a traceback."""
+async def test_fault07_quit_and_close_after_a_failed_connect_are_quiet(failure: str, order: str) -> None:
+    """
+    The README's ``finally: await conn.quit()`` must not end in a
+    traceback: after any failed connect, ``quit()`` fires, ``close()``
+    returns, in either order, right when the caller learns of the failure,
+    and the state is ``closed``.
+    """
 
     async def scenario(peer: Peer) -> None:
         if failure == "554-greeting":
             peer.send(b"554 5.3.2 no SMTP service here\r\n")
+        elif failure == "421-greeting":
+            peer.send(b"421 4.3.2 too busy\r\n")
+            peer.close()
         elif failure == "socket-timeout":
             peer.send(b"220 adversary.example ESMTP\r\n")
+        elif failure == "closed-after-greeting":
+            peer.send(b"220 adversary.example ESMTP\r\n")
+            await peer.expect_prefix(b"EHLO ")
+            peer.close()
         await peer.gone()
 
     async def body(s: Session) -> None:
         conn = s.connect_to(greeting_timeout=1.0, socket_timeout=1.0)
         error = await outcome(conn.connect(), 5.0)
         assert isinstance(error, SMTPConnectionError), repr(error)
-        assert error.code == ("EPROTOCOL" if failure == "554-greeting" else "ETIMEDOUT")
-        assert await bounded(conn.quit(), 3.0) is None
-        assert conn.close() is None
+        assert error.code == CONNECT_FAILURES[failure], repr(error)
+        if order == "quit-then-close":
+            assert await bounded(conn.quit(), 3.0) is None
+            assert conn.close() is None
+        else:
+            assert conn.close() is None
+            assert await bounded(conn.quit(), 3.0) is None
         assert conn.state.value == "closed"
         await bounded(conn.when_closed(), 1.0)
 
     await run(scenario, body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_fault07_quit_after_a_refused_connect_is_quiet() -> None:
+    with socket.socket() as probe:  # a port with no listener: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conn = SMTPConnection("127.0.0.1", port, name="client.example", connection_timeout=5.0)
+    assert_error(await outcome(conn.connect(), 5.0), "ECONNECTION")
+    assert await bounded(conn.quit(), 3.0) is None
+    assert conn.close() is None
+    assert conn.state.value == "closed"
 
 
 # -- fault 8: an unsolicited reply in the same read desynchronises the dialogue ------------------
