@@ -537,6 +537,9 @@ async def test_fault07_quit_and_close_after_a_failed_connect_are_quiet(failure: 
         error = await outcome(conn.connect(), 5.0)
         assert isinstance(error, SMTPConnectionError), repr(error)
         assert error.code == CONNECT_FAILURES[failure], repr(error)
+        # The caller learns of the failure in the Deferred's callback chain:
+        # the state it sees there is no longer "connecting".
+        assert conn.state.value in ("closing", "closed"), conn.state.value
         if order == "quit-then-close":
             assert await bounded(conn.quit(), 3.0) is None
             assert conn.close() is None
