@@ -56,7 +56,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRef
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from twisted_smtpconn import Envelope, SMTPConnection, SMTPConnectionError
+from twisted_smtpconn import Envelope, SMTPConnection, SMTPConnectionError, SMTPPool
 
 CONNECTION_TIMEOUT = 5.0
 GREETING_TIMEOUT = 7.0
@@ -84,12 +84,17 @@ class ModelServer:
     in order, when told to.
     """
 
-    def __init__(self, pipelining: bool = False) -> None:
+    def __init__(self, pipelining: bool = False, clock: MemoryReactorClock | None = None) -> None:
         self.pipelining = pipelining
+        self.clock = clock
+        #: When each MAIL command arrived (the clock's time).
+        self.mail_times: list[float] = []
         self.unread = b""
         self.greeted = False
         self.in_data = False
         self.quitting = False
+        #: Every message whose final dot arrived (dot-stuffed wire form).
+        self.messages: list[bytes] = []
 
     def answer(self, data: bytes) -> bytes:
         """Everything to send back for the client bytes ``data`` (plus what was pending)."""
@@ -102,8 +107,10 @@ class ModelServer:
             if self.in_data:
                 end = self.unread.find(b"\r\n.\r\n")
                 if self.unread.startswith(b".\r\n"):
+                    self.messages.append(b"")
                     self.unread = self.unread[3:]
                 elif end >= 0:
+                    self.messages.append(self.unread[: end + 2])
                     self.unread = self.unread[end + 5 :]
                 else:
                     break
@@ -117,6 +124,8 @@ class ModelServer:
             if verb in (b"EHLO", b"HELO", b"LHLO"):
                 out += EHLO_REPLY_PIPELINING if self.pipelining else EHLO_REPLY
             elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+                if verb == b"MAIL" and self.clock is not None:
+                    self.mail_times.append(self.clock.seconds())
                 out += b"250 ok\r\n"
             elif verb == b"DATA":
                 self.in_data = True
@@ -141,7 +150,7 @@ class ModelTransport(StringTransport):
         super().__init__()
         self.clock = clock
         self.protocol: Any = None
-        self.server = ModelServer(pipelining)
+        self.server = ModelServer(pipelining, clock)
         self.served = 0  # bytes of value() the server has answered
         self.lost = False
         self.written_after_close = b""
@@ -572,3 +581,258 @@ LifecycleMachine.TestCase.settings = settings(
     deadline=None,
 )
 TestLifecycle = LifecycleMachine.TestCase
+
+
+# -- the pool ----------------------------------------------------------------------------------
+
+MAX_CONNECTIONS = 2
+RATE_LIMIT = 2
+RATE_INTERVAL = 1.0
+
+
+def pool_message(number: int) -> bytes:
+    return b"Subject: pool message %d\r\n\r\nbody\r\n" % number
+
+
+def marker_of(message: bytes) -> int | None:
+    first = message.split(b"\r\n", 1)[0]
+    prefix = b"Subject: pool message "
+    return int(first[len(prefix) :]) if first.startswith(prefix) else None
+
+
+class PoolMachine(RuleBasedStateMachine):
+    """
+    The same model network under an :class:`~twisted_smtpconn.SMTPPool`
+    (one or two connections, three messages each, one retry, with or
+    without a rate limit of two per second): messages sent, the
+    network and the server failing at random moments, the pool closed or
+    aborted.  Invariants: no message reaches the server twice; a message
+    the server took was reported sent (or its outcome unknown, or it is
+    still running), and a message reported sent was taken; a good message
+    never fails with another message's ``ESTREAM``; the rate limit holds
+    as the server sees MAIL commands arrive; at most
+    ``max_connections`` connections; ``open_connections`` counts the
+    connections really open or opening; once ``close()``/``abort()`` fired,
+    nothing is open, every send has its outcome and no timer is left.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = MemoryReactorClock()
+        self.endpoint = ModelEndpoint(self.clock)
+        self.max_connections = MAX_CONNECTIONS
+        self.rate_limited = False
+        self.make_pool()
+        self.sends: dict[int, list[Any]] = {}
+        self.deferreds: dict[int, Deferred[Any]] = {}
+        self.closings: list[tuple[str, Deferred[Any], list[Any]]] = []
+        self.numbers = 0
+
+    def make_pool(self) -> None:
+        self.pool = SMTPPool(
+            "model.example",
+            25,
+            max_connections=self.max_connections,
+            max_messages=3,
+            rate_limit=RATE_LIMIT if self.rate_limited else None,
+            rate_interval=RATE_INTERVAL,
+            idle_timeout=3.0,
+            max_retries=1,
+            retry_delay=1.0,
+            reactor=self.clock,
+            endpoint=self.endpoint,
+            name="client.example",
+            connection_timeout=CONNECTION_TIMEOUT,
+            greeting_timeout=GREETING_TIMEOUT,
+            socket_timeout=SOCKET_TIMEOUT,
+        )
+
+    @initialize(
+        max_connections=st.sampled_from([1, MAX_CONNECTIONS]), pipelining=st.booleans(), rate_limited=st.booleans()
+    )
+    def choose(self, max_connections: int, pipelining: bool, rate_limited: bool) -> None:
+        self.endpoint.pipelining = pipelining
+        if (max_connections, rate_limited) != (self.max_connections, self.rate_limited):
+            self.max_connections = max_connections
+            self.rate_limited = rate_limited
+            self.make_pool()
+
+    settle = LifecycleMachine.settle
+    deliver_pending_losses = LifecycleMachine.deliver_pending_losses
+
+    @property
+    def settled(self) -> bool:
+        return not any(t.loss_pending for t in self.endpoint.transports)
+
+    def delivered(self) -> list[int | None]:
+        return [marker_of(m) for t in self.endpoint.transports for m in t.server.messages]
+
+    # -- rules -----------------------------------------------------------------------------
+
+    @rule()
+    def send(self) -> None:
+        self.numbers += 1
+        number = self.numbers
+        box: list[Any] = []
+        d = self.pool.send(ENVELOPE, pool_message(number))
+        d.addBoth(lambda r: box.append(r.value if isinstance(r, Failure) else r))
+        self.sends[number] = box
+        self.deferreds[number] = d
+        self.settle()
+
+    @rule()
+    def send_broken_source(self) -> None:
+        box: list[Any] = []
+        d = self.pool.send(ENVELOPE, broken_source())
+        d.addBoth(lambda r: box.append(r.value if isinstance(r, Failure) else r))
+        self.numbers += 1
+        self.sends[-self.numbers] = box
+        self.deferreds[-self.numbers] = d
+        self.settle()
+
+    @rule(how=st.sampled_from(["close", "abort"]))
+    def close_pool(self, how: str) -> None:
+        box: list[Any] = []
+        d = self.pool.close() if how == "close" else self.pool.abort()
+        d.addBoth(lambda r: box.append(r.value if isinstance(r, Failure) else r))
+        self.closings.append((how, d, box))
+        self.settle()
+
+    @precondition(lambda self: bool(self.endpoint.pending))
+    @rule()
+    def tcp_up(self) -> None:
+        self.endpoint.complete()
+        self.settle()
+
+    @precondition(lambda self: bool(self.endpoint.pending))
+    @rule()
+    def tcp_refused(self) -> None:
+        self.endpoint.refuse()
+        self.settle()
+
+    @precondition(lambda self: any(t.has_work() for t in self.endpoint.transports))
+    @rule()
+    def server_step(self) -> None:
+        for transport in self.endpoint.live():
+            transport.server_step()
+        self.settle()
+
+    @precondition(lambda self: not self.settled)
+    @rule()
+    def deliver_losses(self) -> None:
+        self.deliver_pending_losses()
+
+    @rule()
+    def run_dialogue(self) -> None:
+        LifecycleMachine.run_dialogue(self)  # type: ignore[arg-type]
+
+    @precondition(lambda self: bool(self.endpoint.live()))
+    @rule()
+    def server_closes_one(self) -> None:
+        self.endpoint.live()[0].deliver_loss(Failure(ConnectionLost("the server hung up")))
+        self.settle()
+
+    @precondition(lambda self: bool(self.endpoint.live()))
+    @rule()
+    def server_says_421(self) -> None:
+        transport = self.endpoint.live()[0]
+        transport.protocol.dataReceived(b"421 4.3.2 shutting down\r\n")
+        if not transport.lost:
+            transport.deliver_loss(Failure(ConnectionDone()))
+        self.settle()
+
+    @rule()
+    def silence_past_every_timeout(self) -> None:
+        self.deliver_pending_losses()
+        self.clock.advance(SILENCE)
+        self.settle()
+
+    @rule()
+    def tick(self) -> None:
+        self.deliver_pending_losses()
+        self.clock.advance(1.0)
+        self.settle()
+
+    # -- invariants --------------------------------------------------------------------------
+
+    @invariant()
+    def no_message_twice(self) -> None:
+        delivered = [n for n in self.delivered() if n is not None]
+        twice = sorted({n for n in delivered if delivered.count(n) > 1})
+        assert not twice, f"messages delivered more than once: {twice}"
+
+    @invariant()
+    def outcomes_match_the_server(self) -> None:
+        delivered = set(self.delivered())
+        for number, box in self.sends.items():
+            if number < 0 or not box:
+                continue
+            outcome = box[0]
+            if isinstance(outcome, BaseException):
+                unknown = getattr(outcome, "delivery_unknown", False)
+                assert number not in delivered or unknown, (
+                    f"message {number} reached the server but its send failed with {outcome!r}"
+                )
+            else:
+                assert number in delivered, f"message {number} reported sent, never reached the server"
+
+    @invariant()
+    def rate_limit_holds_at_the_server(self) -> None:
+        """In any window of ``rate_interval``, at most ``rate_limit`` MAIL commands reach the server."""
+        if not self.rate_limited:
+            return
+        times = sorted(t for transport in self.endpoint.transports for t in transport.server.mail_times)
+        for start in times:
+            within = [t for t in times if start <= t < start + RATE_INTERVAL]
+            assert len(within) <= RATE_LIMIT, f"{len(within)} MAIL commands within {RATE_INTERVAL} s from t={start}: {times}"
+
+    @invariant()
+    def good_messages_never_fail_with_another_source(self) -> None:
+        """A good message fails for its own reasons only: never with another message's ESTREAM."""
+        for number, box in self.sends.items():
+            if number > 0 and box and isinstance(box[0], SMTPConnectionError):
+                assert box[0].code != "ESTREAM", f"good message {number} failed with {box[0]!r}"
+
+    @invariant()
+    def connections_within_the_limit(self) -> None:
+        MAX_CONNECTIONS = self.max_connections  # noqa: N806
+        assert self.pool.open_connections <= MAX_CONNECTIONS, self.pool.open_connections
+        open_now = [t for t in self.endpoint.transports if not t.disconnecting and not t.lost]
+        assert len(open_now) + len(self.endpoint.pending) <= MAX_CONNECTIONS, (
+            f"{len(open_now)} transports open and {len(self.endpoint.pending)} connecting"
+        )
+
+    @invariant()
+    def open_connections_counts_what_is_open(self) -> None:
+        if not self.settled:
+            return
+        really = len([t for t in self.endpoint.transports if not t.lost]) + len(self.endpoint.pending)
+        assert self.pool.open_connections == really, (
+            f"open_connections says {self.pool.open_connections}, but {really} are open or opening"
+        )
+
+    @invariant()
+    def closed_pool_is_at_rest(self) -> None:
+        if not any(box for _, _, box in self.closings) or not self.settled:
+            return
+        assert self.pool.open_connections == 0, f"open_connections {self.pool.open_connections} after the pool closed"
+        live = [t for t in self.endpoint.transports if not t.lost]
+        assert not live, f"{len(live)} transports still open after the pool closed"
+        assert not self.endpoint.pending, "a connect attempt still pending after the pool closed"
+        unfired = [n for n, d in self.deferreds.items() if not d.called]
+        assert not unfired, f"sends without an outcome after the pool closed: {unfired}"
+        left = [c for c in self.clock.getDelayedCalls() if c.active()]
+        assert not left, f"delayed calls left after the pool closed: {left}"
+
+    def teardown(self) -> None:
+        self.pool.abort()
+        self.settle()
+        self.deliver_pending_losses()
+        while self.endpoint.pending:
+            self.endpoint.refuse()
+            self.settle()
+            self.deliver_pending_losses()
+
+
+PoolMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
+TestPoolLifecycle = PoolMachine.TestCase
