@@ -834,5 +834,5 @@ class PoolMachine(RuleBasedStateMachine):
             self.deliver_pending_losses()
 
 
-PoolMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
+PoolMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
 TestPoolLifecycle = PoolMachine.TestCase
