@@ -28,7 +28,8 @@ due (those about "closed" once no ``connectionLost`` is still to come):
 
 * the state is ``closed`` exactly when the transport is gone (or was never
   made and no connect attempt is left to it);
-* ``end`` fires at most once, and no event comes after it;
+* ``end`` fires at most once, and no event comes after it; ``error`` at
+  most once;
 * no Deferred the API returned is left unfired once the connection is closed;
 * ``quit()`` and ``close()`` never raise, and ``quit()``'s Deferred never
   fails (its job is to end the connection, which ends either way);
@@ -487,9 +488,11 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def end_is_the_last_event(self) -> None:
+        """``end`` at most once and last; ``error`` at most once, before ``end``."""
         assert self.events.count("end") <= 1, self.events
         if "end" in self.events:
             assert self.events[-1] == "end", f"events after 'end': {self.events}"
+        assert self.events.count("error") <= 1, self.events
 
     @invariant()
     def closed_iff_the_transport_is_gone(self) -> None:
