@@ -304,11 +304,15 @@ class LifecycleMachine(RuleBasedStateMachine):
     def track(self, what: str, d: Deferred[Any]) -> None:
         box: list[Any] = []
         self.calls.append((what, d, box))
+        # Failed already when returned: a call out of order, refused before
+        # it touched the connection (EPROTOCOL "cannot ..."), which changes
+        # nothing and so says nothing about the connection's state.
+        refused_at_once = d.called
 
         def done(result: object) -> None:
             value = result.value if isinstance(result, Failure) else result
             box.append(value)
-            if isinstance(value, SMTPConnectionError) and not value.closes_connection:
+            if isinstance(value, SMTPConnectionError) and not value.closes_connection and not refused_at_once:
                 transports = self.endpoint.transports
                 open_now = bool(transports) and transports[-1].live
                 self.kept_open.append((what, value, self.state, open_now))

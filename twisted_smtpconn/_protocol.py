@@ -386,11 +386,15 @@ class SMTPClientProtocol(LineReceiver):
         finally:
             self._batch = None
         self._partial = self._parser.in_progress or bool(self._buffer)
-        # Replies parsed before a failure later in the same read (a 421, an
-        # unsolicited reply) are still theirs; anything written in answer to
-        # them is refused, since the connection has failed by now.
+        # A failure later in the same read (a 421, a reply nobody waited for)
+        # takes the replies before it along: an operation must not end as if
+        # all were well on a connection already known to be out of step.
+        failure = self.failure
         for pending, reply in batch:
-            pending.answer(reply)
+            if failure is None:
+                pending.answer(reply)
+            else:
+                pending.fail(failure)
 
     def lineReceived(self, line: bytes) -> None:
         if self.failure is not None:
