@@ -22,7 +22,8 @@ from twisted_smtpconn._email import (
     email_parameters,
     envelope_from_headers,
     is_email_message,
-    message_envelope,
+    fit_to_server,
+    headers_envelope,
     parse_message_headers,
     prepare_email,
     prepare_for_server,
@@ -294,30 +295,34 @@ def test_long_lines_are_encoded_by_the_email_package() -> None:
 def test_message_envelope_defaults() -> None:
     message = _message(From="a@x.org", To="b@x.org", Bcc="c@x.org")
     message.set_content("é\n")
-    envelope, chunks = message_envelope(message, mail_from=None, rcpt_to=None, envelope_options={})
+    envelope, parsed = headers_envelope(message, mail_from=None, rcpt_to=None, envelope_options={})
     assert envelope.mail_from == "a@x.org" and envelope.rcpt_to == ("b@x.org", "c@x.org")
-    assert envelope.size == sum(len(chunk) for chunk in chunks)
-    assert envelope.use_8bit_mime is True and envelope.smtputf8 is None
-    assert b"Bcc" not in b"".join(chunks)
+    # Size and encoding are the transaction's, for the server it talks to.
+    assert envelope.size is None and envelope.use_8bit_mime is False
+    fitted, prepared = fit_to_server(envelope, parsed, EIGHT)
+    assert fitted.size == sum(len(chunk) for chunk in prepared.chunks) == prepared.size
+    assert fitted.use_8bit_mime is True and fitted.smtputf8 is None
+    assert fitted.rcpt_to == envelope.rcpt_to
+    assert b"Bcc" not in b"".join(prepared.chunks)
 
 
 def test_message_envelope_given_parts_win() -> None:
     message = _message(To="b@x.org")  # no From: fine, mail_from is given
-    envelope, _ = message_envelope(
+    envelope, _ = headers_envelope(
         message, mail_from="", rcpt_to=["x@y.org"], envelope_options={"dsn": {"notify": "NEVER"}, "size": 7}
     )
     assert (envelope.mail_from, envelope.rcpt_to, envelope.size) == ("", ("x@y.org",), 7)
     assert envelope.dsn is not None and envelope.dsn.notify == ("NEVER",)
     with pytest.raises(EnvelopeError, match="no sender"):
-        message_envelope(message, mail_from=None, rcpt_to=["x@y.org"], envelope_options={})
+        headers_envelope(message, mail_from=None, rcpt_to=["x@y.org"], envelope_options={})
 
 
 def test_message_envelope_options_are_checked() -> None:
     message = _message(From="a@x.org", To="b@x.org")
     with pytest.raises(TypeError, match="unexpected keyword argument"):
-        message_envelope(message, mail_from=None, rcpt_to=None, envelope_options={"binary": True})
+        headers_envelope(message, mail_from=None, rcpt_to=None, envelope_options={"binary": True})
     with pytest.raises(EnvelopeError, match="one address per recipient"):
-        message_envelope(message, mail_from=None, rcpt_to="a@x.org,b@x.org", envelope_options={})
+        headers_envelope(message, mail_from=None, rcpt_to="a@x.org,b@x.org", envelope_options={})
 
 
 def test_message_envelope_utf8_headers() -> None:
@@ -326,16 +331,19 @@ def test_message_envelope_utf8_headers() -> None:
     message["To"] = "b@x.org"
     message["Subject"] = "Grüße"
     message.set_content("x\n")
-    envelope, _ = message_envelope(message, mail_from=None, rcpt_to=None, envelope_options={})
-    assert envelope.smtputf8 is True and envelope.use_8bit_mime is True
+    envelope, parsed = headers_envelope(message, mail_from=None, rcpt_to=None, envelope_options={})
+    fitted, _ = fit_to_server(envelope, parsed, UTF8)
+    assert fitted.smtputf8 is True and fitted.use_8bit_mime is True
+    refusing, _ = headers_envelope(message, mail_from=None, rcpt_to=None, envelope_options={"smtputf8": False})
     with pytest.raises(MessageError, match="smtputf8 is False"):
-        message_envelope(message, mail_from=None, rcpt_to=None, envelope_options={"smtputf8": False})
+        fit_to_server(refusing, parsed, UTF8)
     with pytest.raises(MessageError, match="need SMTPUTF8"):
-        message_envelope(message, mail_from=None, rcpt_to=None, envelope_options={}, extensions=EIGHT)
+        fit_to_server(envelope, parsed, EIGHT)
 
 
 def test_message_envelope_does_not_touch_the_callers_message() -> None:
     message = _message(From="a@x.org", To="b@x.org", Bcc="c@x.org")
     snapshot = copy.deepcopy(message).as_bytes()
-    message_envelope(message, mail_from=None, rcpt_to=None, envelope_options={}, extensions={"PIPELINING": ""})
+    envelope, parsed = headers_envelope(message, mail_from=None, rcpt_to=None, envelope_options={})
+    fit_to_server(envelope, parsed, {"PIPELINING": ""})
     assert message.as_bytes() == snapshot

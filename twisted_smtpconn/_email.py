@@ -21,6 +21,10 @@ Three separate steps, each usable alone:
   message needs and the server offers, or :class:`MessageError` before
   anything is sent when the server cannot carry the message.
 
+``send_message`` uses :func:`headers_envelope` (the first step, checked
+when it is called); the transaction, which knows what the server offers,
+uses :func:`fit_to_server` (the other two) before writing ``MAIL``.
+
 The caller's message object is never modified: Bcc is removed from a
 shallow copy whose header list is its own.
 """
@@ -54,7 +58,8 @@ __all__ = [
     "prepare_email",
     "prepare_for_server",
     "email_parameters",
-    "message_envelope",
+    "headers_envelope",
+    "fit_to_server",
 ]
 
 #: Fields never transmitted: they would tell every recipient who got a
@@ -416,54 +421,3 @@ def fit_to_server(envelope: Envelope, message: Message, extensions: Mapping[str,
             size=prepared.size if envelope.size is None else envelope.size,
         )
     return envelope, prepared
-
-
-def message_envelope(
-    message: object,
-    *,
-    mail_from: str | None,
-    rcpt_to: str | Iterable[str] | None,
-    envelope_options: Mapping[str, Any],
-    extensions: Mapping[str, str] | None = None,
-) -> tuple[Envelope, list[bytes]]:
-    """
-    The envelope and the wire chunks for ``send_message``.
-
-    The envelope comes from the headers where ``mail_from`` / ``rcpt_to``
-    are ``None`` (:func:`envelope_from_headers`), with ``envelope_options``
-    (``size``, ``use_8bit_mime``, ``dsn``, ``smtputf8``, ``require_tls``)
-    added.  ``size`` defaults to the prepared size; ``use_8bit_mime`` and
-    ``smtputf8`` are switched on when the message needs them.
-
-    :param extensions: the server's EHLO keywords when already known, to
-        choose the encoding and fail with ``EMESSAGE`` now if the server
-        cannot carry the message; ``None`` when no session is open yet.
-    :raises TypeError: ``message`` is not an email object, ``str`` or
-        bytes, or an unknown or wrongly typed option.
-    :raises EnvelopeError: no sender or recipient in the headers, or an
-        unusable address.
-    :raises MessageError: the server cannot carry the message.
-    """
-    unknown = sorted(set(envelope_options) - {"size", "use_8bit_mime", "dsn", "smtputf8", "require_tls"})
-    if unknown:
-        raise TypeError(f"send_message() got unexpected keyword argument(s): {', '.join(unknown)}")
-    parsed = parse_message_headers(message)
-    if mail_from is None:
-        mail_from = sender_from_headers(parsed)
-    if rcpt_to is None:
-        rcpt_to = recipients_from_headers(parsed)
-    if extensions is None:
-        prepared = prepare_email(parsed)
-        use_8bit_mime, smtputf8 = prepared.eight_bit or prepared.needs_smtputf8, prepared.needs_smtputf8
-    else:
-        prepared, use_8bit_mime, smtputf8 = prepare_for_server(parsed, extensions)
-    options = dict(envelope_options)
-    if smtputf8 and options.get("smtputf8") is False:
-        raise MessageError("smtputf8 is False but the message has UTF-8 header fields, which need SMTPUTF8")
-    if smtputf8:
-        options["smtputf8"] = True
-    options["use_8bit_mime"] = bool(options.get("use_8bit_mime", False)) or use_8bit_mime
-    if options.get("size") is None:
-        options["size"] = prepared.size
-    envelope = Envelope(mail_from, rcpt_to, **options)
-    return envelope, list(prepared.chunks)

@@ -389,12 +389,16 @@ class SMTPClientProtocol(LineReceiver):
         # A failure later in the same read (a 421, a reply nobody waited for)
         # takes the replies before it along: an operation must not end as if
         # all were well on a connection already known to be out of step.
-        failure = self.failure
+        failure = self._failure_after_read()
         for pending, reply in batch:
             if failure is None:
                 pending.answer(reply)
             else:
                 pending.fail(failure)
+
+    def _failure_after_read(self) -> SMTPConnectionError | None:
+        # A method, not the attribute: the lines just read may have set it.
+        return self.failure
 
     def lineReceived(self, line: bytes) -> None:
         if self.failure is not None:
