@@ -206,7 +206,7 @@ async def test_every_mistake_is_64_and_nothing_is_sent(tmp_path: Path, aiosmtpd_
         ([*server, "--script", script("hdr.json", {"to": "b@example.test", "body": "b", "headers": {"Bcc:": "x"}})],
          "field name"),
         ([*server, "--spool", str(spool)], "2.eml: no recipients"),
-        ([*server, "--quit-after", "rcpt"], "not available"),
+        ([*server, "--quit-after", "rcpt"], "needs --to"),
     ]
     for args, words in cases:
         result = await run("python -m", args, tmp_path)
@@ -305,6 +305,17 @@ def probe_server(certs: Certs) -> Iterator[_Probe]:
             envelope.mail_from = address
             return "250 OK"
 
+        async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+            self.note("RCPT", session)
+            if address.startswith("nobody@"):
+                return "550 5.1.1 no such user"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+            self.note("RSET", session)
+            return "250 OK"
+
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
             self.note("DATA", session)
             return "250 OK"
@@ -360,24 +371,35 @@ async def test_quit_after_each_stage(tmp_path: Path, certs: Certs, probe_server:
         "ehlo": ["CONNECT", "EHLO", "QUIT"],
         "tls": ["CONNECT", "EHLO", "EHLO", "QUIT"],
         "auth": ["CONNECT", "EHLO", "EHLO", "QUIT"],
+        # MAIL (and RCPT) tried, then reset; never DATA.
+        "mail": ["CONNECT", "EHLO", "EHLO", "MAIL", "RSET", "QUIT"],
+        "rcpt": ["CONNECT", "EHLO", "EHLO", "MAIL", "RCPT", "RCPT", "RSET", "QUIT"],
     }
+    envelope = ["--from", "Probe <probe@example.test>", "--to", "you@example.test", "--cc", "nobody@example.test"]
     for stage, commands in expected.items():
         probe_server.clear()
-        extra = ["--debug"] if stage == "auth" else []
+        extra = ["--debug"] if stage == "auth" else envelope if stage in ("mail", "rcpt") else []
         result = await run("python -m", [*base, "--quit-after", stage, *extra], tmp_path)
         output = result.out + result.err
+        if stage == "auth":
+            debug_run = result
         assert result.code == EX_OK, (stage, output)
         assert f"quit after {stage}: every step succeeded" in result.out
         await _settle(lambda: probe_server.commands() == commands)
         events = probe_server.events
         assert [e.command for e in events] == commands, stage
-        if stage in ("tls", "auth"):
+        if stage in ("tls", "auth", "mail", "rcpt"):
             assert events[-1].tls
         else:
             assert not any(e.tls for e in events)
-        assert events[-1].authenticated if stage == "auth" else not any(e.authenticated for e in events)
+        if stage == "rcpt":
+            assert "rcpt: <you@example.test>: 250" in result.out
+            assert "rcpt: <nobody@example.test>: 550 5.1.1 no such user" in result.out
+        logged_in = stage in ("auth", "mail", "rcpt")
+        assert events[-1].authenticated if logged_in else not any(e.authenticated for e in events)
     # The --debug run: the wire on stderr, the password nowhere.
-    assert "EHLO" in result.err and "AUTH" in result.err
+    output = debug_run.out + debug_run.err
+    assert "EHLO" in debug_run.err and "AUTH" in debug_run.err
     assert PASSWORD not in output
     import base64
 

@@ -206,8 +206,9 @@ def test_attachment_type_guessed_or_given(tmp_path: Path) -> None:
         ["--subject", "s", "--to", "a@x.test", "--body", "b", "--body-file", "f"],
         ["--subject", "s", "--to", "a@x.test", "--body-file", "/nonexistent/body.txt"],
         ["--to", "a@x.test", "--body-file", "-", "--html-body-file", "-"],
-        ["--quit-after", "mail", "--host", "h"],
-        ["--quit-after", "rcpt", "--host", "h"],
+        ["--quit-after", "mail", "--host", "h", "--from", "not an address"],
+        ["--quit-after", "rcpt", "--host", "h"],  # no --to
+        ["--quit-after", "rcpt", "--host", "h", "--to", "a@@x.test"],
         ["--quit-after", "data", "--host", "h"],
         ["--quit-after", "ehlo"],  # the embedded server is no server to probe
         ["--quit-after", "auth", "--host", "h"],  # no --user

@@ -701,3 +701,25 @@ def test_send_info_holds_every_recipients_reply() -> None:
     wire.server(b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"552 5.3.4 too big\r\n")
     error = failure(d)
     assert error.code == "EMESSAGE" and error.recipient_replies == [("d@x.org", 250, "ok")]
+
+
+def test_probe_envelope_tries_mail_and_rcpt_then_resets() -> None:
+    wire = connected(b"250-server.example\r\n250 PIPELINING\r\n")  # one write
+    d = wire.conn.probe_envelope(Envelope("a@x.org", ["b@x.org", "c@x.org"]))
+    assert wire.client() == b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nRCPT TO:<c@x.org>\r\n"
+    wire.server(b"250 ok\r\n250 b ok\r\n550 5.1.1 no c\r\n")
+    assert wire.client() == b"RSET\r\n"
+    wire.server(b"250 reset\r\n")
+    info = result(d)
+    assert (info.accepted, info.rejected, info.message_size) == (["b@x.org"], ["c@x.org"], 0)
+    assert info.recipient_replies == [("b@x.org", 250, "b ok"), ("c@x.org", 550, "5.1.1 no c")]
+    # MAIL only, then every recipient refused: EENVELOPE, and still usable.
+    d = wire.conn.probe_envelope(Envelope("a@x.org", "b@x.org"), rcpt=False)
+    assert wire.client() == b"MAIL FROM:<a@x.org>\r\n"
+    wire.server(b"250 ok\r\n", b"250 reset\r\n")
+    assert result(d).accepted == []
+    d = wire.conn.probe_envelope(Envelope("a@x.org", "n@x.org"))
+    wire.server(b"250 ok\r\n550 no\r\n", b"250 reset\r\n")
+    assert failure(d).code == "EENVELOPE"
+    assert b"DATA" not in wire.client()
+    assert wire.conn.state.value == "ready"

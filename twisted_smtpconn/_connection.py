@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ._auth import Auth, authenticate, coerce_auth
-from ._delivery import run_transaction
+from ._delivery import run_probe, run_transaction
 from ._ehlo import ServerInfo
 from ._email import headers_envelope
 from ._envelope import Envelope, coerce_envelope
@@ -201,6 +201,25 @@ class SMTPConnection:
             :class:`SMTPConnectionError`.
         """
         return self._send_reporting(envelope, message, None)
+
+    def probe_envelope(self, envelope: Envelope | Mapping[str, Any], *, rcpt: bool = True) -> Deferred[SendInfo]:
+        """
+        Ask the server what it would say to ``envelope`` without sending a
+        message: MAIL FROM, then (with ``rcpt``) each RCPT TO, then RSET.
+        The connection stays usable.  For testing a server, as swaks's
+        ``--quit-after rcpt`` does; a probe proves nothing about delivery.
+
+        :returns: a Deferred firing with a :class:`SendInfo` whose
+            ``accepted``, ``rejected``, ``rejected_errors`` and
+            ``recipient_replies`` say how each recipient was answered
+            (``message_size`` is 0); failing with ``EENVELOPE`` when the
+            sender, or every recipient, was refused.
+        """
+        try:
+            checked = coerce_envelope(envelope)
+        except (SMTPConnectionError, TypeError, ValueError) as error:
+            return fail(error)
+        return self._run("probe", lambda ticket: self._probe(checked, rcpt))
 
     def reset(self) -> Deferred[None]:
         """RSET: abandon any transaction the server may hold for us."""
@@ -394,6 +413,10 @@ class SMTPConnection:
                 response=info.response,
             )
         return info
+
+    async def _probe(self, envelope: Envelope, rcpt: bool) -> SendInfo:
+        assert self._protocol is not None
+        return await run_probe(self._protocol, self._clock, self._server, envelope, rcpt=rcpt)
 
     async def _reset(self, ticket: Ticket) -> None:
         assert self._protocol is not None

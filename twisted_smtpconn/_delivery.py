@@ -23,9 +23,9 @@ from ._envelope import Envelope
 from ._source import DEFAULT_CHUNK_SIZE
 from ._protocol import SMTPClientProtocol
 from ._sendinfo import SendInfo
-from ._transaction import render
+from ._transaction import Commands, probe_envelope, render
 
-__all__ = ["run_transaction"]
+__all__ = ["run_transaction", "run_probe"]
 
 
 def run_transaction(
@@ -89,3 +89,19 @@ def run_transaction(
         on_start=on_start,
         on_written=on_written,
     )
+
+
+def run_probe(
+    protocol: SMTPClientProtocol, clock: IReactorTime, server: ServerInfo, envelope: Envelope, *, rcpt: bool
+) -> Coroutine[Any, Any, SendInfo]:
+    """
+    The coroutine of :meth:`SMTPConnection.probe_envelope`: MAIL (and, with
+    ``rcpt``, the RCPTs) rendered as a send would render them, then RSET.
+
+    :raises SMTPConnectionError: what the local checks found, at once.
+    """
+    extensions = server.extensions
+    commands = render(envelope, extensions)
+    if not rcpt:
+        commands = Commands(commands.mail, ())
+    return probe_envelope(protocol, clock, commands, pipelining="PIPELINING" in extensions)

@@ -19,12 +19,16 @@ import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from twisted.internet.interfaces import IReactorTime
+
 from ._commands import mail_from_command, rcpt_to_command, use_smtputf8
 from ._ehlo import size_limit
 from ._envelope import Envelope
 from ._errors import EnvelopeError, MessageError, ProtocolError, SMTPConnectionError
 from ._protocol import SMTPClientProtocol
 from ._reply import Reply
+from ._sendinfo import SendInfo
+from ._session import reset_session
 
 __all__ = [
     "Commands",
@@ -35,6 +39,7 @@ __all__ = [
     "fold_lmtp_replies",
     "final_reply_error",
     "delivery_unknown",
+    "probe_envelope",
 ]
 
 
@@ -132,7 +137,7 @@ def sort_envelope(commands: Commands, replies: list[Reply]) -> Recipients:
         outcome.errors.append(
             EnvelopeError.from_reply(f"the server refused the recipient {address!r}", reply, _text(line), recipient=address)
         )
-    if not outcome.accepted:
+    if commands.rcpts and not outcome.accepted:
         last = outcome.errors[-1]
         outcome.refusal = EnvelopeError(
             "the server refused every recipient",
@@ -208,3 +213,35 @@ def delivery_unknown(error: SMTPConnectionError) -> SMTPConnectionError:
     unknown.delivery_unknown = True
     unknown.__cause__ = error
     return unknown
+
+
+async def probe_envelope(
+    protocol: SMTPClientProtocol, clock: IReactorTime, commands: Commands, *, pipelining: bool
+) -> SendInfo:
+    """
+    MAIL and the RCPTs of ``commands``, then RSET: what the server would say
+    to this envelope, without a message (``smtpsend --quit-after rcpt``; with
+    no RCPT lines, ``--quit-after mail``).
+
+    :raises EnvelopeError: the sender, or every recipient, was refused.
+    """
+    started = clock.seconds()
+    if pipelining:
+        replies = await protocol.send_commands(commands.lines)
+    else:
+        replies = await stepwise_envelope(protocol, commands)
+    outcome = sort_envelope(commands, replies)
+    if pipelining or outcome.mail_accepted:
+        await reset_session(protocol)
+    if outcome.refusal is not None:
+        raise outcome.refusal
+    return SendInfo(
+        accepted=outcome.accepted,
+        rejected=outcome.rejected,
+        rejected_errors=outcome.errors,
+        response=str(replies[-1]),
+        envelope_time=clock.seconds() - started,
+        message_time=0.0,
+        message_size=0,
+        recipient_replies=outcome.replies,
+    )

@@ -72,10 +72,11 @@ from twisted.python import usage
 
 from .._auth import Auth
 from .._connection import SMTPConnection
+from .._envelope import Envelope
 from .._errors import ConnectionFailedError, SMTPConnectionError, StreamError
 from .._pool import SendTrace, SMTPPool
 from .._sink import RunningSink, SinkConfig, make_throwaway_certificate, start_sink
-from ._messages import Job, Script, collect_jobs, load_script
+from ._messages import Job, Script, bare_address, collect_jobs, default_sender, load_script
 from ._output import (
     EX_OK,
     EX_SOFTWARE,
@@ -509,6 +510,8 @@ class _Plan:
     settings: ConnectionSettings
     jobs: list[Job]
     report: ReportWriter | None
+    #: ``--quit-after mail|rcpt``: the envelope to try.
+    probe: Envelope | None = None
 
 
 def _prepare(reactor: Any, options: Mapping[str, Any], stdin: BinaryIO | None) -> _Plan:
@@ -532,7 +535,7 @@ def _prepare(reactor: Any, options: Mapping[str, Any], stdin: BinaryIO | None) -
             raise usage.UsageError("--quit-after tls contradicts --ignore-tls")
         if settings.embedded:
             raise usage.UsageError("--quit-after needs --host or --unix-socket")
-        return _Plan(settings, [], None)
+        return _Plan(settings, [], None, _probe_envelope(options) if options["quit-after"] in ("mail", "rcpt") else None)
     jobs = collect_jobs(options, script, use_8bit_mime=settings.use_8bit_mime, stdin=stdin)
     report = ReportWriter.open(options["report"]) if options.get("report") else None
     return _Plan(settings, jobs, report)
@@ -586,7 +589,7 @@ async def main(
         out.usage_error(f"smtpsend: {e}")
         return EX_USAGE
     if options.get("quit-after"):
-        return await probe(reactor, plan.settings, options["quit-after"], out)
+        return await probe(reactor, plan.settings, options["quit-after"], out, plan.probe)
 
     control = RunControl()
     interrupted: list[Deferred[None]] = []
@@ -721,7 +724,21 @@ async def _connect_only(reactor: Any, settings: ConnectionSettings, kwargs: Mapp
     protocol.transport.loseConnection()
 
 
-async def probe(reactor: Any, settings: ConnectionSettings, stage: str, out: Console) -> int:
+def _probe_envelope(options: Mapping[str, Any]) -> Envelope:
+    """The envelope ``--quit-after mail|rcpt`` tries: --from, and --to/--cc/--bcc."""
+    recipients = [*options.get("to", []), *options.get("cc", []), *options.get("bcc", [])]
+    if options["quit-after"] == "rcpt" and not recipients:
+        raise usage.UsageError("--quit-after rcpt needs --to (or --cc, --bcc)")
+    try:
+        sender = bare_address(options["from"]) if options.get("from") else default_sender()
+        return Envelope(sender, [bare_address(address) for address in recipients] or [sender])
+    except (ValueError, SMTPConnectionError) as error:
+        raise usage.UsageError(f"--quit-after {options['quit-after']}: {error}") from None
+
+
+async def probe(
+    reactor: Any, settings: ConnectionSettings, stage: str, out: Console, envelope: Envelope | None = None
+) -> int:
     """
     ``--quit-after STAGE``: go as far as STAGE on one connection, say how
     each step went, then QUIT; send nothing.
@@ -729,7 +746,10 @@ async def probe(reactor: Any, settings: ConnectionSettings, stage: str, out: Con
     ``connect`` only opens the transport.  ``greeting`` and ``ehlo`` both
     end after EHLO (the library's ``connect()`` reads the greeting and says
     EHLO in one step) without STARTTLS; ``tls`` requires STARTTLS (unless
-    ``--secure``); ``auth`` logs in as well.
+    ``--secure``); ``auth`` logs in as well; ``mail`` and ``rcpt`` then try
+    the envelope (MAIL FROM, and each RCPT TO for ``rcpt``) and reset it,
+    with the TLS options as given.  A refused recipient among accepted ones
+    is reported and still exits 0 for ``rcpt``; all refused is a failure.
 
     :returns: 0 when every step up to STAGE succeeded, else the status of
         the error (69 or 75 as for a send).
@@ -753,9 +773,14 @@ async def probe(reactor: Any, settings: ConnectionSettings, stage: str, out: Con
                 out.info(f"smtpsend: ehlo: {' '.join(sorted(connection.extensions)) or '(no extensions)'}")
                 if stage in ("tls", "auth"):
                     out.info(f"smtpsend: tls: {'on' if connection.secure else 'off'}")
-                if stage == "auth":
+                if stage == "auth" or (stage in ("mail", "rcpt") and settings.user is not None):
                     await connection.login(Auth(user=settings.user, password=settings.password))
                     out.info(f"smtpsend: auth: accepted as {settings.user}")
+                if envelope is not None:
+                    info = await connection.probe_envelope(envelope, rcpt=stage == "rcpt")
+                    out.info(f"smtpsend: mail: <{envelope.mail_from}> accepted")
+                    for address, code, text in info.recipient_replies:
+                        out.info(f"smtpsend: rcpt: <{address}>: {code} {' '.join(text.splitlines())}")
             finally:
                 try:
                     await connection.quit()

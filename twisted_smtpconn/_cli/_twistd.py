@@ -51,10 +51,7 @@ from ._output import EX_SOFTWARE, EX_USAGE, LoggerConsole
 __all__ = ["Options", "QUIT_AFTER_STAGES", "SendOptions", "SendService", "makeService", "package_version"]
 
 #: ``--quit-after`` stages, in the order a session goes through them.
-QUIT_AFTER_STAGES = ("connect", "greeting", "ehlo", "tls", "auth")
-
-#: Stages swaks has that need the library to stop a transaction before DATA.
-_NOT_YET = ("mail", "rcpt")
+QUIT_AFTER_STAGES = ("connect", "greeting", "ehlo", "tls", "auth", "mail", "rcpt")
 
 
 def package_version() -> str:
@@ -80,12 +77,6 @@ def _number(kind: type[int] | type[float], flag: str) -> Any:
 
 def _quit_after(value: str) -> str:
     stage = value.strip().lower()
-    if stage in _NOT_YET:
-        raise ValueError(
-            f"--quit-after {stage} is not available: the library cannot yet stop a "
-            "transaction after RCPT without sending DATA; use one of "
-            + ", ".join(QUIT_AFTER_STAGES)
-        )
     if stage not in QUIT_AFTER_STAGES:
         raise ValueError(f"--quit-after takes one of {', '.join(QUIT_AFTER_STAGES)}, not {value!r}")
     return stage
