@@ -34,10 +34,17 @@ from twisted_smtpconn._auth import (
     connection_is_local,
 )
 from twisted_smtpconn._options import validate_options
-from twisted_smtpconn._sasl_base import check_credential, decode_challenge
-from twisted_smtpconn._sasl_crammd5 import CramMD5Mechanism, cram_md5_response
-from twisted_smtpconn._sasl_oauth import OAuthBearerMechanism, XOAuth2Mechanism, describe_oauth_error
-from twisted_smtpconn._sasl_plain import LoginMechanism, PlainMechanism
+from twisted_smtpconn._sasl import (
+    CramMD5Mechanism,
+    LoginMechanism,
+    OAuthBearerMechanism,
+    PlainMechanism,
+    XOAuth2Mechanism,
+    check_credential,
+    cram_md5_response,
+    decode_challenge,
+    describe_oauth_error,
+)
 from twisted_smtpconn._sasl_scram import (
     MAX_ITERATIONS,
     ScramMechanism,

@@ -18,21 +18,25 @@ layer     modules
 ========  ===================================================================
 values    ``_errors`` (the error model, and the one constructor from a
           reply), ``_envelope``, ``_xtext``, ``_sendinfo``,
-          ``_tls_settings``, ``_options``
+          ``_tls_settings``
 codecs    ``_reply`` (replies; control characters escaped), ``_ehlo``,
-          ``_commands``, ``_dotstuff``, ``_sasl_*`` (the SASL mechanisms as
-          pure state machines), ``_tls_errors``
+          ``_commands``, ``_dotstuff``, ``_address``, ``_email``, ``_sasl``,
+          ``_sasl_scram``, ``_sasl_ntlm`` (the SASL mechanisms as pure state
+          machines), ``_tls_errors``
 wire      ``_logging`` (where events go; the transcript), ``_protocol`` (reply
-          pairing, 421, every time limit, the injection check),
-          ``_factory`` (endpoints; the connect timeout), ``_source`` and
-          ``_producer`` (message sources, back-pressure), ``_tls_creator``
+          pairing, 421, every time limit, the injection check), ``_proxy``
+          (SOCKS and HTTP tunnels), ``_factory`` (endpoints; the connect
+          timeout), ``_source`` and ``_producer`` (message sources,
+          back-pressure), ``_tls_creator``
 dialogue  ``_tls`` (TLS policy), ``_session`` (greeting, hello, STARTTLS,
           RSET), ``_sasl_exchange`` and ``_auth`` (AUTH), ``_transaction``
           (what DATA and BDAT share), ``_data``, ``_bdat``, ``_delivery``
-façade    ``_lifecycle``, ``_events``, ``_queue`` (turn-taking and the
-          hand-over rule), ``_connection``
-above     ``_pool``, ``_oauth2``, ``_cli`` (``smtpsend``), ``_sink``
-          (``smtpsink``)
+façade    ``_options`` (every option checked once), ``_lifecycle``,
+          ``_events``, ``_queue`` (turn-taking and the hand-over rule),
+          ``_connection``
+above     ``_pool``, ``_send`` (the one-call ``send``), ``_oauth2``,
+          ``compat`` (drop-ins for ``twisted.mail.smtp``), ``_cli``
+          (``smtpsend``), ``_sink`` (``smtpsink``), ``_passwords``
 ========  ===================================================================
 """
 

@@ -41,12 +41,17 @@ from twisted.logger import Logger
 from ._errors import AuthenticationError
 from ._options import ConnectionOptions
 from ._protocol import SMTPClientProtocol
-from ._sasl_base import SASLMechanism, check_credential
-from ._sasl_crammd5 import CramMD5Mechanism
+from ._sasl import (
+    CramMD5Mechanism,
+    LoginMechanism,
+    OAuthBearerMechanism,
+    PlainMechanism,
+    SASLMechanism,
+    XOAuth2Mechanism,
+    check_credential,
+)
 from ._sasl_exchange import Outcome, run_exchange
 from ._sasl_ntlm import NTLMMechanism
-from ._sasl_oauth import OAuthBearerMechanism, XOAuth2Mechanism
-from ._sasl_plain import LoginMechanism, PlainMechanism
 from ._sasl_scram import SCRAM_MECHANISMS, ScramMechanism, peer_certificate_der, tls_server_end_point
 from ._ehlo import ServerInfo
 

@@ -1,6 +1,6 @@
 """
 The AUTH dialogue of RFC 4954 on the wire, for any
-:class:`~twisted_smtpconn._sasl_base.SASLMechanism`.
+:class:`~twisted_smtpconn._sasl.SASLMechanism`.
 
 This is the only code that sends SASL data, so the redaction rule lives
 here once: the AUTH line is logged and reported as ``AUTH <MECH> ****`` when
@@ -19,7 +19,7 @@ from ._commands import redact_auth_command
 from ._errors import AuthenticationError, ProtocolError, SMTPConnectionError
 from ._protocol import SMTPClientProtocol
 from ._reply import Reply
-from ._sasl_base import SASLMechanism, decode_challenge, encode_response
+from ._sasl import SASLMechanism, decode_challenge, encode_response
 
 __all__ = ["Outcome", "run_exchange", "REDACTED", "MAX_ROUNDS"]
 
