@@ -12,7 +12,7 @@ this module only decides.  The decisions, in order:
 2. The mechanism is ``Auth.method``, else the connection's ``auth_method``,
    else the strongest one the server offers that the credentials allow:
    XOAUTH2 then OAUTHBEARER when a token is given (preferred over a
-   password, as in the seed); NTLM when ``domain`` or ``workstation`` is
+   password, as in nodemailer's smtp-connection); NTLM when ``domain`` or ``workstation`` is
    given (they mean nothing to any other mechanism); else
    SCRAM-...-PLUS (on TLS) > SCRAM > CRAM-MD5 > PLAIN > LOGIN.  A mechanism
    that was asked for by name must be offered by the server: we never send
@@ -169,7 +169,7 @@ _SEED_KEYS = {"user": "user", "pass": "password", "password": "password", "xoaut
 
 def coerce_auth(value: Auth | Mapping[str, Any]) -> Auth:
     """
-    Accept an :class:`Auth` or the seed's mapping (``user``, ``pass``,
+    Accept an :class:`Auth` or nodemailer's mapping (``user``, ``pass``,
     ``xoauth2``, ``domain``, ``workstation``; also ``password`` and
     ``method``).
 

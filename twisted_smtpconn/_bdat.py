@@ -53,7 +53,7 @@ from ._source import iterate_message
 from ._transaction import (
     Commands,
     Recipients,
-    delivery_unknown,
+    after_the_end,
     final_reply_error,
     fold_lmtp_replies,
     sort_envelope,
@@ -400,12 +400,9 @@ def _raise_for_connection(exchange: _Exchange) -> None:
             error = exchange.protocol.failure or pending.error
             if not isinstance(error, SMTPConnectionError):
                 raise error
-            answered = any(final.reply is not None for final in exchange.final)
-            if pending in exchange.final and (error.response_code != 421 or answered):
-                # LAST went out: the server may have the message although
-                # we never heard back (or, with LMTP, a 421 came after other
-                # recipients' replies).
-                raise delivery_unknown(error) from error
+            if pending in exchange.final:
+                answered = any(final.reply is not None for final in exchange.final)
+                raise after_the_end(error, answered=answered) from error
             raise error
 
 

@@ -28,7 +28,7 @@ import re
 from collections.abc import Mapping
 
 from ._address import ascii_domain_address
-from ._envelope import DSN, Envelope, check_address
+from ._envelope import DSN, Envelope
 from ._errors import EnvelopeError, TLSError
 from ._xtext import xtext_encode
 
@@ -251,10 +251,10 @@ def mail_from_command(envelope: Envelope, extensions: Mapping[str, str], *, body
             params.append(f"RET={dsn.ret}")
         if dsn.envid is not None:
             params.append(f"ENVID={xtext_encode(dsn.envid)}")
-    # Checked again although Envelope did: the envelope may have been built
-    # around its checks (object.__setattr__ on a frozen instance).
-    address = check_address("mail_from", envelope.mail_from, allow_empty=True)
-    line = _path("MAIL FROM", address, smtputf8, "mail_from")
+    # The Envelope checked its addresses when it was made; not again for
+    # every send.  Whatever was done to it since, _guarded keeps every value
+    # inside its command line.
+    line = _path("MAIL FROM", envelope.mail_from, smtputf8, "mail_from")
     if params:
         line += b" " + " ".join(params).encode("ascii")
     return _guarded(line)
@@ -267,11 +267,12 @@ def rcpt_to_command(address: str, dsn: DSN | None, extensions: Mapping[str, str]
 
     :param smtputf8: whether the transaction uses SMTPUTF8 (the result of
         :func:`use_smtputf8` for its envelope).
-    :raises EnvelopeError: the address is unusable, or its local part is
-        non-ASCII without SMTPUTF8 (a non-ASCII domain is sent as A-labels).
+    :param address: an address an :class:`Envelope` checked.
+    :raises EnvelopeError: its local part is non-ASCII without SMTPUTF8 (a
+        non-ASCII domain is sent as A-labels), or the line would hold CR, LF
+        or NUL.
     """
-    checked = check_address("rcpt_to", address, postmaster=True)
-    line = _path("RCPT TO", checked, smtputf8, "rcpt_to")
+    line = _path("RCPT TO", address, smtputf8, "rcpt_to")
     params: list[str] = []
     if dsn is not None and _offers(extensions, "DSN"):
         if dsn.notify is not None:

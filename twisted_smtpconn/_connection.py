@@ -202,6 +202,40 @@ class SMTPConnection:
         """
         return self._send_reporting(envelope, message, None)
 
+    def send_message(
+        self,
+        message: object,
+        *,
+        mail_from: str | None = None,
+        rcpt_to: str | list[str] | None = None,
+        **envelope_options: Any,
+    ) -> Deferred[SendInfo]:
+        """
+        Send an ``email.message.Message`` (or a ``str``/``bytes`` message,
+        parsed for its headers), its envelope taken from its headers.
+
+        The sender is Sender, else From; the recipients are To, Cc and Bcc
+        (the fields of the most recent Resent block when the message was
+        resent).  Bcc and Resent-Bcc are never transmitted; the caller's
+        object is not modified.
+
+        :param mail_from: the sender, instead of the headers' one.
+        :param rcpt_to: the recipients, instead of the headers' ones.
+        :param envelope_options: :class:`Envelope`'s other keywords
+            (``size``, ``use_8bit_mime``, ``dsn``, ``smtputf8``,
+            ``require_tls``).
+        :returns: a Deferred firing with a :class:`SendInfo`; failing with
+            ``EENVELOPE`` before anything is sent when no sender or
+            recipient is found, naming the missing header.
+        """
+        try:
+            envelope, parsed = headers_envelope(
+                message, mail_from=mail_from, rcpt_to=rcpt_to, envelope_options=envelope_options
+            )
+        except (SMTPConnectionError, TypeError, ValueError) as error:
+            return fail(error)
+        return self.send(envelope, parsed)
+
     def probe_envelope(self, envelope: Envelope | Mapping[str, Any], *, rcpt: bool = True) -> Deferred[SendInfo]:
         """
         Ask the server what it would say to ``envelope`` without sending a
@@ -450,6 +484,9 @@ class SMTPConnection:
     def _idle_failure(self, error: SMTPConnectionError) -> None:
         if self._error is None:
             self._error = error
+        # The transport is being dropped: say so now, not when its loss is
+        # reported, so that a call made in between fails at once.
+        self._lifecycle.move(State.CLOSING)
         if not self._queue.busy:
             self._log.error("{connection} connection failed: {error}", connection=self._label, error=str(error))
             self._events.emit("error", error)
@@ -480,40 +517,6 @@ class SMTPConnection:
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
             d.callback(None)
-
-    def send_message(
-        self,
-        message: object,
-        *,
-        mail_from: str | None = None,
-        rcpt_to: str | list[str] | None = None,
-        **envelope_options: Any,
-    ) -> Deferred[SendInfo]:
-        """
-        Send an ``email.message.Message`` (or a ``str``/``bytes`` message,
-        parsed for its headers), its envelope taken from its headers.
-
-        The sender is Sender, else From; the recipients are To, Cc and Bcc
-        (the fields of the most recent Resent block when the message was
-        resent).  Bcc and Resent-Bcc are never transmitted; the caller's
-        object is not modified.
-
-        :param mail_from: the sender, instead of the headers' one.
-        :param rcpt_to: the recipients, instead of the headers' ones.
-        :param envelope_options: :class:`Envelope`'s other keywords
-            (``size``, ``use_8bit_mime``, ``dsn``, ``smtputf8``,
-            ``require_tls``).
-        :returns: a Deferred firing with a :class:`SendInfo`; failing with
-            ``EENVELOPE`` before anything is sent when no sender or
-            recipient is found, naming the missing header.
-        """
-        try:
-            envelope, parsed = headers_envelope(
-                message, mail_from=mail_from, rcpt_to=rcpt_to, envelope_options=envelope_options
-            )
-        except (SMTPConnectionError, TypeError, ValueError) as error:
-            return fail(error)
-        return self.send(envelope, parsed)
 
 
 def _abort_quietly(protocol: SMTPClientProtocol) -> None:

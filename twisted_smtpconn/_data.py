@@ -27,7 +27,7 @@ from ._session import reset_session
 from ._source import DEFAULT_CHUNK_SIZE, iterate_message
 from ._transaction import (
     Commands,
-    delivery_unknown,
+    after_the_end,
     final_reply_error,
     fold_lmtp_replies,
     sort_envelope,
@@ -156,13 +156,9 @@ async def data_transaction(
     try:
         replies = await finals
     except SMTPConnectionError as failure:
-        if failure.response_code == 421 and (not lmtp or len(outcome.accepted) == 1):
-            # The server answered the message with 421: refused, not unknown.
-            raise
-        # Everything, final dot included, went out, and no answer came (or,
-        # with LMTP, a 421 came after other recipients' replies: those may
-        # have the message).
-        raise delivery_unknown(failure) from failure
+        # With LMTP and several recipients, some may have been answered
+        # before the failure: the group does not say, so assume they were.
+        raise after_the_end(failure, answered=lmtp and len(outcome.accepted) > 1) from failure
 
     if lmtp:
         fold_lmtp_replies(replies, b".", outcome)

@@ -410,7 +410,7 @@ class Envelope:
 _SHOWN_WHEN_SET = frozenset({"binary", "require_tls"})
 
 
-#: Mapping keys of the envelope: the seed's names and our snake_case names.
+#: Mapping keys of the envelope: nodemailer's names and our snake_case names.
 _ENVELOPE_KEYS: Mapping[str, str] = MappingProxyType(
     {
         "from": "mail_from",
@@ -432,11 +432,11 @@ def coerce_envelope(value: Envelope | Mapping[str, object]) -> Envelope:
     """
     An :class:`Envelope` from an ``Envelope`` or a mapping.
 
-    The mapping may use the seed's keys (``from``, ``to``, ``size``,
+    The mapping may use nodemailer's keys (``from``, ``to``, ``size``,
     ``use8BitMime``, ``dsn``) or the attribute names (``mail_from``,
     ``rcpt_to``, ``use_8bit_mime``, ``smtputf8``, ``binary``,
     ``require_tls``).  ``from`` is
-    required: unlike the seed, a missing sender is not silently taken as the
+    required: unlike nodemailer's smtp-connection, a missing sender is not silently taken as the
     null sender ``<>`` (pass ``""`` for that).  A missing ``to`` is an
     envelope without recipients.
 
@@ -461,7 +461,7 @@ def coerce_envelope(value: Envelope | Mapping[str, object]) -> Envelope:
     if arguments.get("rcpt_to") is None:
         raise EnvelopeError(f"rcpt_to has no recipients: {_shown(arguments.get('rcpt_to'))}")
     if arguments.get("use_8bit_mime", False) is None:
-        # In the seed's loose mapping form a null flag is a missing flag.
+        # In nodemailer's loose mapping form a null flag is a missing flag.
         del arguments["use_8bit_mime"]
     return Envelope(
         mail_from=arguments["mail_from"],  # type: ignore[arg-type]

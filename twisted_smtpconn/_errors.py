@@ -71,7 +71,7 @@ class SMTPConnectionError(Exception):
         a message automatically; it could be delivered twice.
     """
 
-    #: The contract code of errors of this class.
+    #: The error code of errors of this class.
     default_code: ClassVar[str] = "EPROTOCOL"
 
     def __init__(

@@ -1,5 +1,5 @@
 """
-The seed's event-emitter surface (``on("connect" | "error" | "end", cb)``).
+nodemailer's smtp-connection event-emitter surface (``on("connect" | "error" | "end", cb)``).
 
 Twisted code prefers Deferreds, and every operation returns one; events exist
 for what no Deferred can carry: a failure of an idle connection, and the
@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 __all__ = ["EventEmitter", "EVENT_NAMES"]
 
-#: The events of API.md.
+#: The connection's events (those of nodemailer's smtp-connection).
 EVENT_NAMES = frozenset({"connect", "error", "end"})
 
 

@@ -3,7 +3,7 @@ The connection's lifecycle: new -> connecting -> ready -> closing -> closed.
 
 Operations that may only run in some states call :meth:`Lifecycle.require`,
 which raises an ``EPROTOCOL`` error at once instead of letting the call hang
-or write to a dead socket (API.md: "wrong call order fails with EPROTOCOL").
+or write to a dead socket: a wrong call order fails with EPROTOCOL.
 Transactions in progress are not a state of their own: they are serialised by
 the connection's operation queue.
 """

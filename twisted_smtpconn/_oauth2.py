@@ -9,7 +9,7 @@ it expires, refreshes it through the token endpoint (RFC 6749, section 6)
 with :class:`twisted.web.client.Agent`, shares one refresh between callers
 that ask at the same time, and tells observers about every new token so
 that the application can store it (``provider.on("token", store)``), as the
-seed's ``xoauth2`` generator did with its ``token`` event.
+nodemailer's ``xoauth2`` generator did with its ``token`` event.
 
 Its failures are ``EAUTH`` errors (:class:`AuthenticationError`): inside
 ``login()`` they are what the caller sees, and their text never holds the

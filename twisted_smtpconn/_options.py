@@ -19,7 +19,7 @@ from ._proxy import ProxySettings, parse_proxy
 
 __all__ = ["ConnectionOptions", "TLS_SETTING_KEYS", "validate_options", "default_reactor"]
 
-#: The keys a ``tls`` dict may hold (API.md).
+#: The keys a ``tls`` dict may hold.
 TLS_SETTING_KEYS = frozenset(
     {"reject_unauthorized", "servername", "ca_certs", "min_version", "client_cert", "client_key"}
 )

@@ -1,7 +1,7 @@
 """
 TLS policy of a connection: implicit TLS, STARTTLS and certificate checks.
 
-The modes of API.md:
+The modes:
 
 * ``secure=True``: TLS from the first byte, before the greeting is read
   (:meth:`TLSPolicy.start_implicit`); no STARTTLS afterwards.

@@ -4,7 +4,7 @@ built from the ``tls`` dict.
 
 Why not simply :func:`twisted.internet.ssl.optionsForClientTLS`: it checks
 the same things, but when the chain is refused it lets OpenSSL report the
-bare "certificate verify failed", and API.md wants the reason (unknown CA,
+bare "certificate verify failed", and a user needs the reason (unknown CA,
 name mismatch, expired) in the error.  So the context is built here with
 pyOpenSSL's public API, and a per-connection verify callback sees OpenSSL's
 verdict for every certificate of the chain, checks the server's name with

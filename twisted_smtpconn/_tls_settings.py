@@ -20,7 +20,7 @@ from typing import Any
 
 __all__ = ["TLSSettings", "MIN_VERSIONS", "check_tls_settings", "is_ip_literal"]
 
-#: The accepted ``min_version`` strings (Node's spelling, as in the seed).
+#: The accepted ``min_version`` strings (Node's spelling, as in nodemailer).
 #: Older versions are deliberately not offered: RFC 8996 deprecates them.
 MIN_VERSIONS = ("TLSv1.2", "TLSv1.3")
 

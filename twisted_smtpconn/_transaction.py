@@ -38,7 +38,7 @@ __all__ = [
     "sort_envelope",
     "fold_lmtp_replies",
     "final_reply_error",
-    "delivery_unknown",
+    "after_the_end",
     "probe_envelope",
 ]
 
@@ -203,12 +203,22 @@ def final_reply_error(reply: Reply, command: bytes) -> SMTPConnectionError | Non
     return ProtocolError.from_reply("the server's reply to the message does not fit", reply, _text(command))
 
 
-def delivery_unknown(error: SMTPConnectionError) -> SMTPConnectionError:
+def after_the_end(error: SMTPConnectionError, *, answered: bool) -> SMTPConnectionError:
     """
-    ``error`` marked ``delivery_unknown``: the whole message went out but
-    its reply never came, so the server may have it (RFC 1047).  A copy,
-    since the object may be the connection's shared failure.
+    The error for a failure once the whole message was sent (the final dot,
+    or ``LAST``).
+
+    A 421 in answer to it is the server's refusal, like any 4xx.  Anything
+    else (the connection lost, a timeout, or, with LMTP, a 421 after other
+    recipients were ``answered``, who may have the message) leaves the
+    outcome unknown: the error is marked ``delivery_unknown`` (RFC 1047),
+    on a copy, since the object may be the connection's shared failure.
+
+    :param answered: whether some of the per-recipient final replies (LMTP)
+        came before the failure.
     """
+    if error.response_code == 421 and not answered:
+        return error
     unknown = copy.copy(error)
     unknown.delivery_unknown = True
     unknown.__cause__ = error
