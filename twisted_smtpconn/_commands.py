@@ -192,6 +192,22 @@ def check_require_tls(envelope: Envelope, extensions: Mapping[str, str], *, tls_
     raise error
 
 
+#: What may never stand inside ``<...>`` of a path: it would end the path
+#: and let the rest be read as parameters or commands.
+_PATH_BREAKERS = re.compile(r"[<>\s\x00-\x1f\x7f]")
+
+
+def _path_address(address: str, field: str, *, allow_empty: bool = False) -> str:
+    """``address`` without one pair of surrounding ``<>``, safe inside a path."""
+    if len(address) >= 2 and address[0] == "<" and address[-1] == ">":
+        address = address[1:-1]
+    if not address and not allow_empty:
+        raise EnvelopeError(f"{field} is empty")
+    if _PATH_BREAKERS.search(address) is not None:
+        raise EnvelopeError(f"{field} holds characters that would end the path: {address!r}")
+    return address
+
+
 def _path(verb: str, address: str, smtputf8: bool, field: str) -> bytes:
     """
     ``VERB:<address>`` as bytes: UTF-8 with SMTPUTF8, else ASCII with the
@@ -251,10 +267,11 @@ def mail_from_command(envelope: Envelope, extensions: Mapping[str, str], *, body
             params.append(f"RET={dsn.ret}")
         if dsn.envid is not None:
             params.append(f"ENVID={xtext_encode(dsn.envid)}")
-    # The Envelope checked its addresses when it was made; not again for
-    # every send.  Whatever was done to it since, _guarded keeps every value
-    # inside its command line.
-    line = _path("MAIL FROM", envelope.mail_from, smtputf8, "mail_from")
+    # The Envelope checked its addresses' syntax when it was made; here only
+    # that nothing in them can end the path (what a tampered envelope could
+    # smuggle), which costs one search rather than a parse per send.
+    address = _path_address(envelope.mail_from, "mail_from", allow_empty=True)
+    line = _path("MAIL FROM", address, smtputf8, "mail_from")
     if params:
         line += b" " + " ".join(params).encode("ascii")
     return _guarded(line)
@@ -267,12 +284,14 @@ def rcpt_to_command(address: str, dsn: DSN | None, extensions: Mapping[str, str]
 
     :param smtputf8: whether the transaction uses SMTPUTF8 (the result of
         :func:`use_smtputf8` for its envelope).
-    :param address: an address an :class:`Envelope` checked.
-    :raises EnvelopeError: its local part is non-ASCII without SMTPUTF8 (a
-        non-ASCII domain is sent as A-labels), or the line would hold CR, LF
-        or NUL.
+    :param address: an address an :class:`Envelope` checked (surrounding
+        ``<>`` are removed).
+    :raises EnvelopeError: the address is empty or holds what would end
+        the path (``<``, ``>``, white space, control characters), or its
+        local part is non-ASCII without SMTPUTF8 (a non-ASCII domain is sent
+        as A-labels).
     """
-    line = _path("RCPT TO", address, smtputf8, "rcpt_to")
+    line = _path("RCPT TO", _path_address(address, "rcpt_to"), smtputf8, "rcpt_to")
     params: list[str] = []
     if dsn is not None and _offers(extensions, "DSN"):
         if dsn.notify is not None:

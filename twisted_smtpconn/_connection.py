@@ -120,8 +120,6 @@ class SMTPConnection:
         self._reactor = reactor
         self._clock: IReactorTime = reactor
         self._log = make_logger(logger)
-        # logger=False: not even the event dict of each message is built.
-        self._log_messages = logger is not False
         self._label = connection_label(self._options.host, self._options.port)
         self._wire_log = WireLog(self._log, self._options.debug, self._label)
         self._events = EventEmitter(self._log)
@@ -437,8 +435,11 @@ class SMTPConnection:
             on_start=on_start,
             on_written=lambda: self._queue.dot_written(ticket),
         )
-        if self._log_messages:
-            self._log.info(
+        if self._wire_log.enabled:
+            # Per message only with debug: the connection's own events say
+            # enough for a log kept by default, and an event per message is
+            # a measurable share of the CPU a message costs.
+            self._log.debug(
                 "{connection} message of {size} bytes accepted for {accepted} (rejected: {rejected}): {response}",
                 connection=self._label,
                 size=info.message_size,

@@ -70,6 +70,8 @@ def parse_enhanced_status(code: int, text: str) -> str | None:
     :param code: the three-digit reply code.
     :param text: the text of the reply's first line.
     """
+    if not text or text[0] not in "245":
+        return None
     match = _ENHANCED_STATUS.match(text)
     if match is None or match.group(1) != str(code // 100):
         return None
@@ -245,8 +247,27 @@ class ReplyParser:
             self._code = code
             return None
 
-        texts = tuple(raw.decode("utf-8", "replace") for raw in self._lines)
+        lines = self._lines
+        texts = (lines[0].decode("utf-8", "replace"),) if len(lines) == 1 else tuple(
+            raw.decode("utf-8", "replace") for raw in lines
+        )
         self._code = None
         self._lines = []
         self._size = 0
-        return Reply(code, texts, parse_enhanced_status(code, texts[0]))
+        return _parsed_reply(code, texts, parse_enhanced_status(code, texts[0]))
+
+
+_set = object.__setattr__
+
+
+def _parsed_reply(code: int, lines: tuple[str, ...], enhanced_status: str | None) -> Reply:
+    """
+    A :class:`Reply` from the parser, whose values are right by
+    construction: the checks of ``Reply.__post_init__`` (for replies built
+    elsewhere) are skipped on this path, which every reply takes.
+    """
+    reply = object.__new__(Reply)
+    _set(reply, "code", code)
+    _set(reply, "lines", lines)
+    _set(reply, "enhanced_status", enhanced_status)
+    return reply
