@@ -46,7 +46,6 @@ from twisted_smtpconn import (
     SendInfo,
     SMTPConnection,
     SMTPPool,
-    StreamError,
 )
 from wiretools import Wire, failure, result
 
