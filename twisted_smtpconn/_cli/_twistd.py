@@ -48,7 +48,7 @@ from twisted.python import usage
 from ._messages import parse_header
 from ._output import EX_SOFTWARE, EX_USAGE, LoggerConsole
 
-__all__ = ["Options", "QUIT_AFTER_STAGES", "SendOptions", "SendService", "makeService", "package_version"]
+__all__ = ["EnqueueOptions", "Options", "QUIT_AFTER_STAGES", "SendOptions", "SendService", "makeService", "package_version"]
 
 #: ``--quit-after`` stages, in the order a session goes through them.
 QUIT_AFTER_STAGES = ("connect", "greeting", "ehlo", "tls", "auth")
@@ -102,6 +102,9 @@ class SendOptions(usage.Options):
     """
 
     synopsis = "Usage: python -m twisted_smtpconn [options]"
+
+    #: ``enqueue``: the options describe mail to put on a queue.
+    producer = False
     longdesc = (
         "Send mail through twisted_smtpconn.  With no --host (and no host in "
         "the script), a local capture server is started on 127.0.0.1 and the "
@@ -152,10 +155,19 @@ class SendOptions(usage.Options):
          "Messages over one connection before it is replaced (default 100).",
          _number(int, "max-messages-per-connection")],
         ["rate", None, None, "Start at most LIMIT messages per SECONDS, e.g. 10/1 (default: no limit)."],
-        ["retries", None, None, "Retries of a message that failed before the server had it, 0-10 (default 0).", _number(int, "retries")],
+        ["retries", None, None,
+         "Retries of a message that failed before the server had it, 0-10 (default 0; 3 with --queue).",
+         _number(int, "retries")],
         ["quit-after", None, None,
          "Test the server without sending: stop after connect, greeting, ehlo, tls or auth.", _quit_after],
         ["report", None, None, "Write one JSON line per message to this file."],
+        # Queue mode.
+        ["queue", None, None,
+         "Be a worker: deliver the mail of this RabbitMQ queue, amqp://USER:PASS@HOST:PORT/VHOST (see docs/scaling.rst)."],
+        ["queue-name", None, None, "The queue (default smtpsend); also names Q.dead, Q.review, Q.results."],
+        ["retry-delay", None, None,
+         "Queue mode: seconds before the first retry, doubling after (default 60).", _number(float, "retry-delay")],
+        ["worker-id", None, None, "Queue mode: this worker's name in result records (default host:pid)."],
         ["maildir", None, None, "Maildir of the embedded server (default: a new temporary one)."],
     ]
     optFlags: list[list[Any]] = [
@@ -245,6 +257,21 @@ class SendOptions(usage.Options):
             )
             if given
         ]
+        if self["queue"] is None:
+            for flag in ("queue-name", "retry-delay", "worker-id"):
+                if self[flag] is not None:
+                    raise usage.UsageError(f"--{flag} is for --queue")
+        elif not self.producer:
+            if sources:
+                raise usage.UsageError(
+                    f"--queue makes a worker that sends what the queue holds: it contradicts {sources[0]}"
+                    " (to put mail on the queue: python -m twisted_smtpconn enqueue)"
+                )
+            if self["quit-after"] is not None:
+                raise usage.UsageError("--quit-after contradicts --queue")
+            if self["maildir"] is not None:
+                raise usage.UsageError("--maildir contradicts --queue: a worker needs --host or --unix-socket")
+            return
         if self["quit-after"] is not None:
             if sources:
                 raise usage.UsageError(f"--quit-after sends nothing: it contradicts {sources[0]}")
@@ -265,6 +292,42 @@ class SendOptions(usage.Options):
             raise usage.UsageError("a composed message needs at least one --to, --cc or --bcc")
         if self["script"] is not None and (self["cc"] or self["bcc"]):
             raise usage.UsageError("--cc/--bcc do not apply to --script: put Cc/Bcc in its headers")
+
+
+class EnqueueOptions(SendOptions):
+    """
+    ``python -m twisted_smtpconn enqueue --queue URL``: the message sources
+    of sending (``--message``, ``--spool``, ``--script``, ``--subject`` /
+    ``--body``...) put on a RabbitMQ queue instead of sent.
+    """
+
+    synopsis = "Usage: python -m twisted_smtpconn enqueue --queue URL [--queue-name Q] [message options]"
+    longdesc = (
+        "Put mail on the RabbitMQ queue that smtpsend --queue workers consume, "
+        "each message confirmed by the broker.  Exit status: 0 all queued, "
+        "64 usage, 75 the broker could not be reached or refused a message."
+    )
+    producer = True
+
+    #: Flags about delivering (connection, TLS, AUTH, pool): a worker's business.
+    _SENDING_FLAGS = (
+        "host", "port", "unix-socket", "proxy", "name", "local-address", "connection-timeout",
+        "greeting-timeout", "socket-timeout", "ca-certs", "tls-servername", "client-cert", "client-key",
+        "tls-min-version", "user", "password-file", "password-env", "auth-method", "connections",
+        "max-messages-per-connection", "rate", "retries", "quit-after", "report", "maildir",
+        "retry-delay", "worker-id",
+    )
+
+    def postOptions(self) -> None:
+        if self["queue"] is None:
+            raise usage.UsageError("enqueue needs --queue amqp://USER:PASS@HOST:PORT/VHOST")
+        for flag in self._SENDING_FLAGS:
+            if self[flag] is not None:
+                raise usage.UsageError(f"--{flag} is about delivering; the workers take care of it, not enqueue")
+        for flag in ("secure", "require-tls", "ignore-tls", "opportunistic-tls", "insecure", "allow-insecure-auth", "lmtp", "debug"):
+            if self[flag]:
+                raise usage.UsageError(f"--{flag} is about delivering; the workers take care of it, not enqueue")
+        super().postOptions()
 
 
 # -- the twistd service ------------------------------------------------------------
