@@ -31,11 +31,13 @@ dialogue  ``_tls`` (TLS policy), ``_session`` (greeting, hello, STARTTLS,
           (what DATA and BDAT share), ``_data``, ``_bdat``, ``_delivery``
 façade    ``_lifecycle``, ``_events``, ``_queue`` (turn-taking and the
           hand-over rule), ``_connection``
-above     ``_pool``, ``_oauth2``, ``_cli`` (``smtpsend``), ``_sink``
+above     ``_pool``, ``_oauth2``, ``_amqp`` (mail on a RabbitMQ queue:
+          :func:`enqueue`), ``_cli`` (``smtpsend``), ``_sink``
           (``smtpsink``)
 ========  ===================================================================
 """
 
+from ._amqp import enqueue
 from ._auth import Auth
 from ._connection import SMTPConnection
 from ._envelope import DSN, Envelope
@@ -61,6 +63,7 @@ __all__ = [
     "SMTPPool",
     "SendTrace",
     "send",
+    "enqueue",
     "Auth",
     "Envelope",
     "DSN",
