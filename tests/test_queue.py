@@ -35,7 +35,7 @@ import pytest_twisted  # type: ignore[import-untyped]
 
 from realservers.aiosmtpd_peer import AiosmtpdServer, RecordingHandler
 from realservers.rabbitmq_peer import RabbitNode
-from runtools import subprocess_env
+from runtools import subprocess_env, twistd_command
 
 pika = pytest.importorskip("pika")
 
@@ -164,10 +164,13 @@ class Workers:
     directory: Path
     started: list[Worker] = field(default_factory=list)
 
-    def start(self, node: RabbitNode, queue: str, server_port: int, *extra: str, name: str = "w") -> Worker:
+    def start(
+        self, node: RabbitNode, queue: str, server_port: int, *extra: str, name: str = "w", twistd: bool = False
+    ) -> Worker:
         log = self.directory / f"{name}-{len(self.started)}.log"
+        front = [*twistd_command(), "-n", "--pidfile=", "smtpsend"] if twistd else [sys.executable, "-m", "twisted_smtpconn"]
         argv = [
-            sys.executable, "-m", "twisted_smtpconn",
+            *front,
             "--queue", node.url, "--queue-name", queue,
             "--host", "127.0.0.1", "--port", str(server_port),
             "--worker-id", f"{name}{len(self.started)}",
@@ -336,6 +339,22 @@ def test_worker_refuses_message_sources(tmp_path: Path) -> None:
     assert "enqueue" in result.stderr
 
 
+def test_twistd_worker_delivers_and_exits_0_on_sigterm(
+    rabbitmq: RabbitNode, make_aiosmtpd: Callable[..., AiosmtpdServer], workers: Workers, tmp_path: Path
+) -> None:
+    server = make_aiosmtpd()
+    queue = _queue_name()
+    contents = _make_spool(tmp_path / "spool", 20, queue)
+    _enqueue_spool(rabbitmq, queue, tmp_path / "spool", tmp_path)
+    worker = workers.start(rabbitmq, queue, server.port, "--connections", "2", twistd=True)
+    wait_until(lambda: len(server.messages) >= 20, "20 messages", limit=60)
+    wait_until(lambda: depth(rabbitmq, queue) == 0, "an empty queue", limit=60)
+    assert worker.stop() == 0, worker.output()[-3000:]
+    seen, altered = _census(server, contents)
+    assert sorted(seen) == list(range(20)) and set(seen.values()) == {1} and altered == 0
+    assert "20 sent" in worker.output()
+
+
 # -- many messages, many workers ------------------------------------------------------------
 
 
@@ -398,6 +417,29 @@ def test_kill_9_of_a_worker_loses_nothing(
     assert lost == 0 and altered == 0
     # Only messages in flight at the kill can come twice: at most its prefetch.
     assert duplicated <= 3 * 2
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_stops_gracefully(
+    rabbitmq: RabbitNode, make_aiosmtpd: Callable[..., AiosmtpdServer], workers: Workers, tmp_path: Path
+) -> None:
+    """SIGTERM: the worker finishes what it holds, acks it, exits 0; nothing twice, nothing lost."""
+    server = make_aiosmtpd()
+    queue = _queue_name()
+    contents = _make_spool(tmp_path / "spool", FAULT_SCALE, queue)
+    _enqueue_spool(rabbitmq, queue, tmp_path / "spool", tmp_path)
+    stopped = workers.start(rabbitmq, queue, server.port, "--connections", "3")
+    other = workers.start(rabbitmq, queue, server.port, "--connections", "3")
+    wait_until(lambda: len(server.messages) >= FAULT_SCALE // 3, "a third of the messages", step=0.02)
+    assert stopped.stop() == 0, stopped.output()[-2000:]
+    at_stop = len(server.messages)
+    wait_until(lambda: len({m.header("X-Seq") for m in server.messages}) >= FAULT_SCALE, "every message")
+    wait_until(lambda: depth(rabbitmq, queue) == 0, "an empty queue")
+    assert other.stop() == 0, other.output()[-2000:]
+    seen, altered = _census(server, contents)
+    duplicated, lost = _figures(f"SIGTERM of 1 of 2 workers after {at_stop} messages", FAULT_SCALE, seen)
+    assert (duplicated, lost, altered) == (0, 0, 0)
+    assert "stopping" in stopped.output() and "exit status 0" in stopped.output()
 
 
 @pytest.mark.slow

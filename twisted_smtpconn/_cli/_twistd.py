@@ -383,6 +383,13 @@ class SendService(Service):
                 self.log.failure("smtpsend failed")
                 code = EX_SOFTWARE
         self.exit_code = code
+        if code == 0 and self._options["queue"] is not None:
+            # A queue worker stopped by SIGTERM has finished its work: exit
+            # 0, as with python -m.  twistd would otherwise kill itself
+            # with the signal that stopped the reactor (to report it to its
+            # parent); that signal is recorded on the reactor.
+            if getattr(reactor, "_exitSignal", None) is not None:
+                reactor._exitSignal = None
         try:
             reactor.stop()
         except Exception:
