@@ -90,7 +90,11 @@ def depth(node: RabbitNode, queue: str) -> int:
 
 
 def publish(node: RabbitNode, queue: str, messages: list[tuple[bytes, dict[str, Any], str]]) -> None:
-    """Publish in the queue format, as a producer in another language would (plain pika)."""
+    """Publish in the queue format, as a producer in another language would (plain pika).
+
+    Each message gets ``correlation_id`` ``"corr-" + message_id`` (a property
+    the worker's copies keep).
+    """
     with _blocking(node) as connection:
         channel = connection.channel()
         channel.queue_declare(queue=queue, durable=True)
@@ -100,7 +104,9 @@ def publish(node: RabbitNode, queue: str, messages: list[tuple[bytes, dict[str, 
                 exchange="",
                 routing_key=queue,
                 body=body,
-                properties=pika.BasicProperties(message_id=message_id, headers=headers, delivery_mode=2),
+                properties=pika.BasicProperties(
+                    message_id=message_id, headers=headers, delivery_mode=2, correlation_id=f"corr-{message_id}"
+                ),
             )
 
 
@@ -290,6 +296,52 @@ def test_parse_mail_refuses_malformed(body: bytes, headers: dict[str, Any] | Non
 
     with pytest.raises(Malformed, match=reason):
         parse_mail(body, headers, "m")
+
+
+def _trace(error: Exception, *, attempts: int = 1, connection: int = 1, unknown: bool = False) -> Any:
+    from twisted_smtpconn import SendTrace
+
+    if unknown:
+        error.delivery_unknown = True  # type: ignore[attr-defined]
+    return SendTrace(None, error, attempts, connection)
+
+
+def _decisions() -> list[tuple[str, Any, dict[str, Any], str]]:
+    from twisted_smtpconn import (
+        ConnectionFailedError,
+        EnvelopeError,
+        MessageError,
+        ProtocolError,
+        StreamError,
+        TLSError,
+    )
+
+    def reply(cls: type, code: int) -> Exception:
+        error: Exception = cls(f"refused {code}", response=f"{code} no", response_code=code)
+        return error
+
+    lost = ConnectionFailedError("connection lost")
+    return [
+        ("final dot, no reply", _trace(ConnectionFailedError("gone"), unknown=True), {}, "review"),
+        ("never started, stopping", _trace(ProtocolError("closed"), attempts=0, connection=0), {"stopping": True}, "requeued"),
+        ("cut by our grace period", _trace(ConnectionFailedError("cut")), {"aborted": True}, "requeued"),
+        ("TLS failed: not the message's fault", _trace(TLSError("bad cert"), connection=0), {}, "hold"),
+        ("refused connection, retries left", _trace(ConnectionFailedError("refused"), connection=0), {"attempts": 3}, "retry"),
+        ("refused connection, none left", _trace(ConnectionFailedError("refused"), connection=0), {"attempts": 4}, "dead"),
+        ("lost mid-transaction", _trace(lost), {}, "retry"),
+        ("451 after DATA", _trace(reply(MessageError, 451)), {}, "retry"),
+        ("554 after DATA", _trace(reply(MessageError, 554)), {}, "refused"),
+        ("553 sender", _trace(reply(EnvelopeError, 553)), {}, "refused"),
+        ("unreadable message", _trace(StreamError("cannot read")), {}, "dead"),
+    ]
+
+
+@pytest.mark.parametrize(("label", "trace", "given", "expected"), _decisions(), ids=[d[0] for d in _decisions()])
+def test_decide(label: str, trace: Any, given: dict[str, Any], expected: str) -> None:
+    from twisted_smtpconn._cli._queue import decide
+
+    arguments = {"attempts": 1, "retries": 3, "stopping": False, "aborted": False, **given}
+    assert decide(trace, **arguments).kind == expected
 
 
 # -- the library function ----------------------------------------------------------------
@@ -518,6 +570,12 @@ def test_each_outcome_ends_in_its_queue_with_its_record(
         (mail("reject@example.test", "refused"), {}, "refused"),
         (mail("ok2@example.test", "partial"), {"rcpt_to": ["ok2@example.test", "reject2@example.test"], "mail_from": "s@example.test"}, "partial"),
         (mail("tempfail@example.test", "tempfail"), {}, "tempfail"),
+        (
+            b"From: s@example.test\r\nTo: ok4@example.test\r\nBcc: flaky4@example.test\r\n"
+            b"X-Tag: partial-retry\r\n\r\nbcc\r\n",
+            {},
+            "partial-retry",
+        ),
         (b"Subject: no recipients anywhere\r\n\r\nx\r\n", {}, "malformed-envelope"),
         (mail("ok@example.test", "bad-table"), {"rcpt_to": 42}, "malformed-table"),
         (mail("vanish@example.test", "vanish"), {}, "vanish"),
@@ -551,6 +609,15 @@ def test_each_outcome_ends_in_its_queue_with_its_record(
     assert final["partial"]["status"] == "partial"
     assert final["partial"]["accepted"] == ["ok2@example.test"]
     assert [(r["recipient"], r["code"]) for r in final["partial"]["rejected"]] == [("reject2@example.test", 550)]
+    # 451 for the Bcc recipient only: the other is done; the copy for it
+    # names it alone and has no Bcc field (nor had the first message).
+    assert [r["status"] for r in by_id["partial-retry"]] == ["partial", "sent"]
+    assert by_id["partial-retry"][0]["retry_rcpt"] == ["flaky4@example.test"]
+    assert by_id["partial-retry"][0]["queue"] == f"{queue}.retry.1"
+    assert final["partial-retry"]["to"] == ["flaky4@example.test"]
+    copies = [m for m in server.messages if m.header("X-Tag") == "partial-retry"]
+    assert [m.rcpt_tos for m in copies] == [("ok4@example.test",), ("flaky4@example.test",)]
+    assert all(b"Bcc" not in m.content for m in copies)
     # 451 every time: two retries, then the dead-letter queue.
     assert [r["status"] for r in by_id["tempfail"]] == ["retry", "retry", "dead"]
     assert final["tempfail"]["attempts"] == 3
@@ -572,6 +639,7 @@ def test_each_outcome_ends_in_its_queue_with_its_record(
     assert reasons["malformed-table"].startswith("malformed: rcpt_to must be an array")
     assert dead["malformed-table"][1] == mail("ok@example.test", "bad-table")  # the body, unchanged
     assert dead["tempfail"][0].headers["x-smtpsend-attempts"] == 3
+    assert dead["tempfail"][0].correlation_id == "corr-tempfail"
 
     review = drain(rabbitmq, f"{queue}.review")
     assert [p.message_id for p, _ in review] == ["vanish"]

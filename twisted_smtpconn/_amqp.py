@@ -191,8 +191,8 @@ def mail_headers(
     return headers
 
 
-def message_properties(message_id: str, headers: Mapping[str, Any], **more: Any) -> Any:
-    """pika's ``BasicProperties`` for a persistent mail message."""
+def message_properties(message_id: str | None, headers: Mapping[str, Any], **more: Any) -> Any:
+    """pika's ``BasicProperties`` for a persistent mail message (``more``: other properties)."""
     pika = _pika()
     settings: dict[str, Any] = {"delivery_mode": 2, "content_type": "message/rfc822", **more}
     return pika.BasicProperties(message_id=message_id, headers=dict(headers), **settings)

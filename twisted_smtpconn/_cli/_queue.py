@@ -126,6 +126,11 @@ REVIEW = "review"
 REQUEUED = "requeued"
 HOLD = "hold"
 
+#: AMQP properties a copy (retry, dead, review) keeps from the original.
+_KEPT_PROPERTIES = (
+    "content_type", "content_encoding", "correlation_id", "reply_to", "priority", "timestamp", "type", "app_id",
+)
+
 #: Dispositions after which the mail must never be sent again.
 _FINAL = frozenset({SENT, PARTIAL, REFUSED, REVIEW})
 
@@ -719,20 +724,30 @@ class QueueWorker:
         headers[HEADER_ATTEMPTS] = attempts
         headers["x-smtpsend-worker"] = self._config.worker_id
         parsed = delivery.parsed
-        more: dict[str, Any] = {}
+        body = delivery.body
+        # The producer's other properties travel with the message (not
+        # user_id: the broker checks it against the publishing user).
+        more: dict[str, Any] = {
+            name: getattr(delivery.properties, name)
+            for name in _KEPT_PROPERTIES
+            if getattr(delivery.properties, name, None) is not None
+        }
         if kind in (RETRY, PARTIAL):
             assert parsed is not None
             queue = names.retry(attempts)
             more["expiration"] = str(int(self._config.delay(attempts) * 1000))
             if disposition.retry_rcpt and tuple(disposition.retry_rcpt) != tuple(parsed.envelope.rcpt_to):
+                # Some recipients are done: the copy names the others, and
+                # carries the bytes as sent (a Bcc field already removed).
                 headers["rcpt_to"] = list(disposition.retry_rcpt)
                 headers["mail_from"] = parsed.envelope.mail_from
+                body = parsed.data
         else:
             queue = names.dead if kind == DEAD else names.review
             headers[HEADER_REASON] = disposition.reason or kind
         mid = parsed.message_id if parsed is not None else getattr(delivery.properties, "message_id", None)
-        properties = message_properties(mid or uuid.uuid4().hex, headers, **more)
-        return queue, properties, delivery.body
+        properties = message_properties(mid, headers, **more)
+        return queue, properties, body
 
     def _dispose(
         self,
