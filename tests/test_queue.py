@@ -407,6 +407,61 @@ def test_twistd_worker_delivers_and_exits_0_on_sigterm(
     assert "20 sent" in worker.output()
 
 
+def test_worker_delivers_to_smtp_sink(
+    rabbitmq: RabbitNode, smtp_sink: Any, workers: Workers, tmp_path: Path
+) -> None:
+    """Postfix's smtp-sink keeps nothing; the records carry its replies."""
+    queue = _queue_name()
+    results = Results(rabbitmq, bind_results(rabbitmq, queue))
+    _make_spool(tmp_path / "spool", 200, queue)
+    _enqueue_spool(rabbitmq, queue, tmp_path / "spool", tmp_path)
+    worker = workers.start(rabbitmq, queue, smtp_sink.port, "--connections", "4")
+    wait_until(lambda: len(results.poll()) >= 200, "200 result records", limit=90)
+    assert worker.stop() == 0, worker.output()[-3000:]
+    assert len(results.records) == 200
+    assert {r["status"] for r in results.records} == {"sent"}
+    assert all(r["response"].startswith("250") for r in results.records)
+    assert depth(rabbitmq, queue) == 0
+
+
+class _SlowHandler(RecordingHandler):
+    """Takes a while over each message, like a busy server."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import asyncio
+
+        await asyncio.sleep(0.05)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_slow_server_slows_consumption(
+    rabbitmq: RabbitNode, make_aiosmtpd: Callable[..., AiosmtpdServer], workers: Workers, tmp_path: Path
+) -> None:
+    """
+    The worker never holds more unacknowledged messages than its prefetch
+    (2 per connection).  Sampled from outside: ready messages first, then
+    the server's count; a message is acknowledged only after the server has
+    it, so ``total - ready - arrived`` never exceeds what the worker holds.
+    """
+    server = make_aiosmtpd()
+    server.controller.handler = _SlowHandler(server.recorder)
+    queue = _queue_name()
+    total = 60
+    _make_spool(tmp_path / "spool", total, queue)
+    _enqueue_spool(rabbitmq, queue, tmp_path / "spool", tmp_path)
+    worker = workers.start(rabbitmq, queue, server.port, "--connections", "2")
+    held = []
+    while len(server.messages) < total:
+        ready = depth(rabbitmq, queue)
+        held.append(total - ready - len(server.messages))
+        assert len(held) < 2000, "the worker did not finish"
+        time.sleep(0.05)
+    assert worker.stop() == 0
+    print(f"\n[queue figures] held by a worker with --connections 2: at most {max(held)} of {total}")
+    assert max(held) <= 4
+    assert max(held) >= 1  # the samples did see the worker at work
+
+
 # -- many messages, many workers ------------------------------------------------------------
 
 
