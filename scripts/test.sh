@@ -8,8 +8,7 @@
 #  1. as root, installs the real servers the tests drive (postfix,
 #     dovecot-core, the proxies dante-server and tinyproxy, and the broker
 #     rabbitmq-server) with apt-get, with service starts forbidden so that no
-#     packaged daemon listens; as
-#     another user it says so and skips this;
+#     packaged daemon listens; as another user it says so and skips this;
 #  2. creates .venv (python3 -m venv) unless it exists;
 #  3. builds the wheel and installs it, not editable, with the test, docs, ntlm,
 #     bench and queue extras, and checks that the wheel holds every module of the tree;
@@ -72,7 +71,7 @@ packaged_daemons() {
     done
 }
 if [[ $(id -u) -ne 0 ]]; then
-    echo "not root: skipping apt-get; install ${apt_packages[*]} yourself for the Postfix and proxy tests"
+    echo "not root: skipping apt-get; install ${apt_packages[*]} yourself for the Postfix, proxy and queue tests"
 elif ! command -v apt-get >/dev/null 2>&1; then
     echo "no apt-get on this machine: skipping; install ${apt_packages[*]} yourself"
 elif all_installed "${apt_packages[@]}"; then
