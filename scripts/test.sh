@@ -50,8 +50,9 @@ all_installed() {
 packaged_daemons() {
     # PIDs of tinyproxy/danted running with the packages' configuration: the
     # test fixtures always name their own file (-c / -f), the services never.
-    # And RabbitMQ's: the system node (beam.smp without the fixtures'
-    # "smtpconn-" node name) and an epmd without the fixtures' -port.
+    # And RabbitMQ's: the system node (the fixtures' node is started with
+    # "-start_epmd false", the service never) and an epmd without the
+    # fixtures' -port.
     local pid args
     for pid in $(pgrep -x 'tinyproxy|danted' || true); do
         args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
@@ -63,7 +64,7 @@ packaged_daemons() {
     for pid in $(pgrep -x 'beam.smp|epmd' || true); do
         args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
         [[ -n $args ]] || continue
-        if [[ $args == *beam.smp* && $args == *rabbit* && $args != *smtpconn-* ]]; then
+        if [[ $args == *beam.smp* && $args == *" rabbit boot"* && $args != *" -start_epmd false"* ]]; then
             echo "$pid"
         elif [[ $args == *epmd* && " $args" != *" -port "* ]]; then
             echo "$pid"
