@@ -61,12 +61,16 @@ packaged_daemons() {
             echo "$pid"
         fi
     done
+    local name
     for pid in $(pgrep -x 'beam.smp|epmd' || true); do
         args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+        name=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
         [[ -n $args ]] || continue
-        if [[ $args == *beam.smp* && $args == *" rabbit boot"* && $args != *" -start_epmd false"* ]]; then
-            echo "$pid"
-        elif [[ $args == *epmd* && " $args" != *" -port "* ]]; then
+        if [[ $name == beam.smp ]]; then
+            if [[ $args == *" rabbit boot"* && $args != *" -start_epmd false"* ]]; then
+                echo "$pid"
+            fi
+        elif [[ " $args" != *" -port "* ]]; then
             echo "$pid"
         fi
     done
