@@ -462,6 +462,71 @@ def test_a_slow_server_slows_consumption(
     assert max(held) >= 1  # the samples did see the worker at work
 
 
+class _StallingHandler(RecordingHandler):
+    """
+    Stalls (a few seconds) at RCPT for ``stall-rcpt*`` recipients, and
+    after the final dot for ``stall-dot*`` ones; ``entered`` counts the
+    stalls begun, so the test knows both messages are where it wants them.
+    """
+
+    def __init__(self, recorder: Any) -> None:
+        super().__init__(recorder)
+        import threading
+
+        self.entered = 0
+        self._lock = threading.Lock()
+
+    async def _stall(self) -> None:
+        import asyncio
+
+        with self._lock:
+            self.entered += 1
+        await asyncio.sleep(6)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+        if address.lower().startswith("stall-rcpt"):
+            await self._stall()
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if any(r.lower().startswith("stall-dot") for r in envelope.rcpt_tos):
+            await self._stall()
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_grace_period_ends_review_after_the_dot_requeue_before(
+    rabbitmq: RabbitNode, make_aiosmtpd: Callable[..., AiosmtpdServer], workers: Workers, tmp_path: Path
+) -> None:
+    """
+    SIGTERM with two messages stuck at the server and ``--grace 1``: the
+    one whose final dot was sent goes to review, the one stuck at RCPT
+    goes back to the queue; the worker still exits 0.
+    """
+    server = make_aiosmtpd()
+    handler = _StallingHandler(server.recorder)
+    server.controller.handler = handler
+    queue = _queue_name()
+    results = Results(rabbitmq, bind_results(rabbitmq, queue))
+    publish(
+        rabbitmq,
+        queue,
+        [
+            (b"From: s@example.test\r\nTo: stall-dot@example.test\r\n\r\ndot\r\n", {}, "after-dot"),
+            (b"From: s@example.test\r\nTo: stall-rcpt@example.test\r\n\r\nrcpt\r\n", {}, "before-dot"),
+        ],
+    )
+    worker = workers.start(rabbitmq, queue, server.port, "--connections", "2", "--grace", "1")
+    wait_until(lambda: handler.entered >= 2, "both messages stuck at the server", limit=60, step=0.05)
+    assert worker.stop() == 0, worker.output()[-3000:]
+    review = drain(rabbitmq, f"{queue}.review")
+    assert [p.message_id for p, _ in review] == ["after-dot"]
+    assert "no reply" in _text_header(review[0][0].headers["x-smtpsend-reason"])
+    back = drain(rabbitmq, queue)
+    assert [p.message_id for p, _ in back] == ["before-dot"]
+    assert [r["status"] for r in results.poll()] == ["review"]
+    assert "finishing 2 message(s) in flight (at most 1s)" in worker.output()
+
+
 # -- many messages, many workers ------------------------------------------------------------
 
 

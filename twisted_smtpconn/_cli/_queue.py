@@ -161,6 +161,7 @@ def queue_config(options: Mapping[str, Any], *, retries: int | None, connections
     The worker's settings from the parsed options.
 
     :param retries: ``--retries`` as given (``None``: the queue default).
+    :param grace: the grace period unless ``--grace`` is given.
     :raises usage.UsageError: for a bad URL, name or delay.
     """
     try:
@@ -174,6 +175,11 @@ def queue_config(options: Mapping[str, Any], *, retries: int | None, connections
     delay = DEFAULT_RETRY_DELAY if delay is None else delay
     if not 0 < delay <= MAX_RETRY_DELAY:
         raise usage.UsageError(f"--retry-delay must be more than 0 and at most {MAX_RETRY_DELAY:.0f} seconds")
+    given_grace = options.get("grace")
+    if given_grace is not None:
+        if not 0 < given_grace <= MAX_RETRY_DELAY:
+            raise usage.UsageError(f"--grace must be more than 0 and at most {MAX_RETRY_DELAY:.0f} seconds")
+        grace = float(given_grace)
     worker = options.get("worker-id") or f"{socket.gethostname()}:{os.getpid()}"
     return QueueConfig(
         url=url,

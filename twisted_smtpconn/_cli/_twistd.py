@@ -168,6 +168,8 @@ class SendOptions(usage.Options):
         ["retry-delay", None, None,
          "Queue mode: seconds before the first retry, doubling after (default 60).", _number(float, "retry-delay")],
         ["worker-id", None, None, "Queue mode: this worker's name in result records (default host:pid)."],
+        ["grace", None, None,
+         "Queue mode: seconds the messages in flight may take after SIGTERM (default 15).", _number(float, "grace")],
         ["maildir", None, None, "Maildir of the embedded server (default: a new temporary one)."],
     ]
     optFlags: list[list[Any]] = [
@@ -258,7 +260,7 @@ class SendOptions(usage.Options):
             if given
         ]
         if self["queue"] is None:
-            for flag in ("queue-name", "retry-delay", "worker-id"):
+            for flag in ("queue-name", "retry-delay", "worker-id", "grace"):
                 if self[flag] is not None:
                     raise usage.UsageError(f"--{flag} is for --queue")
         elif not self.producer:
@@ -315,7 +317,7 @@ class EnqueueOptions(SendOptions):
         "greeting-timeout", "socket-timeout", "ca-certs", "tls-servername", "client-cert", "client-key",
         "tls-min-version", "user", "password-file", "password-env", "auth-method", "connections",
         "max-messages-per-connection", "rate", "retries", "quit-after", "report", "maildir",
-        "retry-delay", "worker-id",
+        "retry-delay", "worker-id", "grace",
     )
 
     def postOptions(self) -> None:
