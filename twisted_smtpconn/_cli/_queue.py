@@ -43,7 +43,10 @@ first delivery is still in flight waits for it.
 
 The prefetch is the pool's window (:data:`._run.WINDOW_PER_CONNECTION` per
 connection): the worker never holds more unacknowledged messages than its
-connections can work on, so a slow server slows consumption.
+connections can work on, so a slow server slows consumption.  Of those, one
+per connection is sending; the others wait here, not in the pool, so that
+after a lost broker connection they are let go unsent (the broker gives
+them again) rather than sent by a worker that cannot acknowledge them.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ import os
 import socket
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +153,7 @@ class QueueConfig:
     grace: float
     worker_id: str
     prefetch: int
+    connections: int
 
     def delay(self, number: int) -> float:
         """Seconds the ``number``-th retry waits."""
@@ -189,6 +193,7 @@ def queue_config(options: Mapping[str, Any], *, retries: int | None, connections
         grace=grace,
         worker_id=worker,
         prefetch=connections * window,
+        connections=connections,
     )
 
 
@@ -428,6 +433,8 @@ class QueueWorker:
         self._session: Deferred[None] | None = None
         self._pending: set[_Delivery] = set()
         self._inflight: dict[str, list[_Delivery]] = {}
+        self._buffer: deque[_Delivery] = deque()
+        self._sending = 0
         self._settled: OrderedDict[str, tuple[Disposition, dict[str, Any]]] = OrderedDict()
         self._holds: dict[_Delivery, IDelayedCall] = {}
         self._hold_delay = _HOLD_MIN
@@ -522,6 +529,9 @@ class QueueWorker:
                 break  # the consumer was cancelled, or the channel closed
             self._receive(item, generation)
         self._consumer = None
+        if not self._stopping:
+            # Never started, and no longer acknowledgeable: let them go.
+            self._unbuffer(generation=generation)
         if not self._stopping and connection.is_open:
             # The broker cancelled the consumer (the queue was deleted, say):
             # start over on a new connection.
@@ -559,7 +569,8 @@ class QueueWorker:
             self._session.cancel()
         if self._wake is not None and not self._wake.called:
             self._wake.callback(None)
-        # Messages not yet on a connection fail at once (and are put back).
+        # Messages not yet on a connection go back to the queue.
+        self._unbuffer()
         self._pool.close()
         for delivery, call in list(self._holds.items()):
             call.cancel()
@@ -634,11 +645,71 @@ class QueueWorker:
             self._dispose(delivery, disposition, None, attempts=delivery.attempts_before, record=record)
             return
         self._inflight[mid] = []
+        self._buffer.append(delivery)
+        self._pump()
+
+    def _pump(self) -> None:
+        """
+        Hand buffered deliveries to the pool, one per connection at a time.
+
+        The prefetch holds a second message per connection here rather than
+        in the pool, so that a message whose channel died before it started
+        is dropped (the broker gives it again, maybe to another worker)
+        instead of being sent by a worker that can no longer acknowledge it.
+        """
+        while self._buffer and self._sending < self._config.connections and not self._stopping:
+            delivery = self._buffer.popleft()
+            if delivery.generation != self._generation:
+                self._drop(delivery)
+                continue
+            self._send(delivery)
+
+    def _send(self, delivery: _Delivery) -> None:
+        parsed = delivery.parsed
+        assert parsed is not None
+        self._sending += 1
         started_wall = time.time()
         started = self._reactor.seconds()
         d = self._pool.send_traced(parsed.envelope, parsed.data)
+        d.addBoth(self._one_less)
         d.addCallback(self._sent, delivery, started_wall, started)
         d.addErrback(self._crashed, delivery)
+
+    def _one_less(self, result: Any) -> Any:
+        self._sending -= 1
+        return result
+
+    def _drop(self, delivery: _Delivery) -> None:
+        """A delivery never started whose channel is gone: forget it."""
+        parsed = delivery.parsed
+        assert parsed is not None
+        if not delivery.done.called:
+            delivery.done.callback(None)
+        for later in self._inflight.pop(parsed.message_id, []):
+            self._start(later)
+
+    def _unbuffer(self, *, generation: int | None = None) -> None:
+        """
+        Take back the buffered deliveries (of ``generation``, or all):
+        dropped if their channel is gone, else put back on the queue.
+        """
+        keep: deque[_Delivery] = deque()
+        while self._buffer:
+            delivery = self._buffer.popleft()
+            if generation is not None and delivery.generation != generation:
+                keep.append(delivery)
+            elif delivery.generation != self._generation or generation is not None:
+                self._drop(delivery)
+            else:
+                assert delivery.parsed is not None
+                waiting = self._inflight.pop(delivery.parsed.message_id, [])
+                self._dispose(
+                    delivery, Disposition(REQUEUED, "the worker stopped before sending it"), None,
+                    attempts=delivery.attempts_before,
+                )
+                for later in waiting:
+                    self._start(later)
+        self._buffer = keep
 
     def _sent(self, trace: SendTrace, delivery: _Delivery, started_wall: float, started: float) -> None:
         parsed = delivery.parsed
@@ -658,6 +729,7 @@ class QueueWorker:
         waiting = self._inflight.pop(parsed.message_id, [])
         for later in waiting:
             self._start(later)
+        self._pump()
 
     def _crashed(self, failure: Any, delivery: _Delivery) -> None:
         # A bug in this module: the message goes back; the worker stops.
