@@ -265,7 +265,7 @@ def parse_mail(body: bytes, headers: Mapping[str, Any] | None, message_id: str |
         except (SMTPConnectionError, TypeError, ValueError) as e:
             raise Malformed(f"dsn: {e}") from None
     data = body
-    if any(b >= 0x80 for b in body):
+    if not body.isascii():
         options["use_8bit_mime"] = True
     try:
         envelope, parsed = headers_envelope(body, mail_from=mail_from, rcpt_to=rcpt_to, envelope_options=options)
