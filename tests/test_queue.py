@@ -424,6 +424,40 @@ def test_worker_delivers_to_smtp_sink(
     assert depth(rabbitmq, queue) == 0
 
 
+def test_queue_password_kept_out_of_the_command_line(
+    rabbitmq: RabbitNode, make_aiosmtpd: Callable[..., AiosmtpdServer], workers: Workers, tmp_path: Path
+) -> None:
+    """The URL names the user; the password comes from a file or a variable."""
+    server = make_aiosmtpd()
+    queue = _queue_name()
+    bare = rabbitmq.url.replace("guest:guest@", "guest@")
+    env = dict(subprocess_env(), QUEUE_SECRET="guest")
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted_smtpconn", "enqueue", "--queue", bare, "--queue-name", queue,
+         "--queue-password-env", "QUEUE_SECRET", "--subject", "s", "--body", "b", "--to", "x@example.test"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=LIMIT,
+    )
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "secret").write_text("guest\n")
+    argv = [
+        sys.executable, "-m", "twisted_smtpconn", "--queue", bare, "--queue-name", queue,
+        "--queue-password-file", str(tmp_path / "secret"), "--host", "127.0.0.1", "--port", str(server.port),
+    ]
+    with open(tmp_path / "bare.log", "wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=subprocess_env())
+    bare_worker = Worker(process, tmp_path / "bare.log")
+    workers.started.append(bare_worker)
+    wait_until(lambda: len(server.messages) >= 1, "the message", limit=60)
+    assert bare_worker.stop() == 0, bare_worker.output()
+    assert [m.rcpt_tos for m in server.messages] == [("x@example.test",)]
+    wrong = subprocess.run(
+        [sys.executable, "-m", "twisted_smtpconn", "enqueue", "--queue", rabbitmq.url, "--queue-password-env",
+         "QUEUE_SECRET", "--subject", "s", "--body", "b", "--to", "x@example.test"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=LIMIT,
+    )
+    assert wrong.returncode == 64 and "password in the URL already" in wrong.stderr
+
+
 class _SlowHandler(RecordingHandler):
     """Takes a while over each message, like a busy server."""
 

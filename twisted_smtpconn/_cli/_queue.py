@@ -62,6 +62,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall
@@ -81,6 +82,7 @@ from .._amqp import (
 from .._email import headers_envelope
 from .._envelope import DSN, Envelope
 from .._errors import SMTPConnectionError
+from .._passwords import PasswordSourceError, read_password
 from .._pool import SendTrace, SMTPPool
 from ._messages import Job, MessageContent, _without_bcc, collect_jobs, load_script
 from ._output import EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, Console, Outcome, format_duration
@@ -96,6 +98,7 @@ __all__ = [
     "enqueue_main",
     "parse_mail",
     "queue_config",
+    "queue_url",
 ]
 
 #: ``--retries`` in queue mode when not given.
@@ -160,6 +163,36 @@ class QueueConfig:
         return float(min(self.retry_delay * 2 ** (number - 1), MAX_RETRY_DELAY))
 
 
+def queue_url(options: Mapping[str, Any]) -> str:
+    """
+    ``--queue``, checked, with the password of ``--queue-password-file`` or
+    ``--queue-password-env`` put in (the command line is visible to every
+    user of the machine, so the password is better kept out of it).
+
+    :raises usage.UsageError: for a bad URL or password source.
+    """
+    try:
+        url = check_url(options["queue"])
+    except ValueError as e:
+        raise usage.UsageError(f"--queue: {e}") from None
+    path, variable = options.get("queue-password-file"), options.get("queue-password-env")
+    if path is not None and variable is not None:
+        raise usage.UsageError("give --queue-password-file or --queue-password-env, not both")
+    try:
+        password = read_password(path, variable)
+    except PasswordSourceError as e:
+        raise usage.UsageError(str(e)) from None
+    if password is None:
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise usage.UsageError("--queue has a password in the URL already; give it in one place")
+    user, _, host = parts.netloc.rpartition("@")
+    if not user:
+        raise usage.UsageError("a queue password needs a user in the URL: amqp://USER@HOST:PORT/VHOST")
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+
+
 def queue_config(options: Mapping[str, Any], *, retries: int | None, connections: int, window: int, grace: float) -> QueueConfig:
     """
     The worker's settings from the parsed options.
@@ -168,10 +201,7 @@ def queue_config(options: Mapping[str, Any], *, retries: int | None, connections
     :param grace: the grace period unless ``--grace`` is given.
     :raises usage.UsageError: for a bad URL, name or delay.
     """
-    try:
-        url = check_url(options["queue"])
-    except ValueError as e:
-        raise usage.UsageError(f"--queue: {e}") from None
+    url = queue_url(options)
     name = options.get("queue-name") or DEFAULT_QUEUE
     if any(c.isspace() for c in name) or len(name.encode()) > 200:
         raise usage.UsageError(f"--queue-name: not a usable queue name: {name!r}")
@@ -477,8 +507,6 @@ class QueueWorker:
             self.stopped.callback(None)
 
     def _where(self) -> str:
-        from urllib.parse import urlsplit
-
         parts = urlsplit(self._config.url)
         return f"{parts.hostname}:{parts.port or 5672}"
 
@@ -1000,12 +1028,9 @@ async def enqueue_main(reactor: Any, options: Mapping[str, Any], out: Console, s
     broker; 0 when all were, 75 if the broker could not take them.
     """
     try:
-        url = check_url(options["queue"])
+        url = queue_url(options)
         script = load_script(Path(options["script"])) if options.get("script") else None
         jobs = collect_jobs(options, script, stdin=stdin)
-    except ValueError as e:
-        out.usage_error(f"smtpsend enqueue: --queue: {e}")
-        return EX_USAGE
     except usage.UsageError as e:
         out.usage_error(f"smtpsend enqueue: {e}")
         return EX_USAGE

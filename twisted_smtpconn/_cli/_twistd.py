@@ -165,6 +165,8 @@ class SendOptions(usage.Options):
         ["queue", None, None,
          "Be a worker: deliver the mail of this RabbitMQ queue, amqp://USER:PASS@HOST:PORT/VHOST (see docs/scaling.rst)."],
         ["queue-name", None, None, "The queue (default smtpsend); also names Q.dead, Q.review, Q.results."],
+        ["queue-password-file", None, None, "Read the password of the --queue URL's user from this file."],
+        ["queue-password-env", None, None, "Read the password of the --queue URL's user from this environment variable."],
         ["retry-delay", None, None,
          "Queue mode: seconds before the first retry, doubling after (default 60).", _number(float, "retry-delay")],
         ["worker-id", None, None, "Queue mode: this worker's name in result records (default host:pid)."],
@@ -260,7 +262,7 @@ class SendOptions(usage.Options):
             if given
         ]
         if self["queue"] is None:
-            for flag in ("queue-name", "retry-delay", "worker-id", "grace"):
+            for flag in ("queue-name", "queue-password-file", "queue-password-env", "retry-delay", "worker-id", "grace"):
                 if self[flag] is not None:
                     raise usage.UsageError(f"--{flag} is for --queue")
         elif not self.producer:
