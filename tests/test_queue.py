@@ -171,13 +171,20 @@ class Workers:
     started: list[Worker] = field(default_factory=list)
 
     def start(
-        self, node: RabbitNode, queue: str, server_port: int, *extra: str, name: str = "w", twistd: bool = False
+        self,
+        node: RabbitNode,
+        queue: str,
+        server_port: int,
+        *extra: str,
+        name: str = "w",
+        twistd: bool = False,
+        url: str | None = None,
     ) -> Worker:
         log = self.directory / f"{name}-{len(self.started)}.log"
         front = [*twistd_command(), "-n", "--pidfile=", "smtpsend"] if twistd else [sys.executable, "-m", "twisted_smtpconn"]
         argv = [
             *front,
-            "--queue", node.url, "--queue-name", queue,
+            "--queue", url or node.url, "--queue-name", queue,
             "--host", "127.0.0.1", "--port", str(server_port),
             "--worker-id", f"{name}{len(self.started)}",
             *extra,
@@ -371,6 +378,42 @@ async def test_enqueue_function_publishes_the_format(rabbitmq: RabbitNode) -> No
     assert properties.headers["dsn"]["notify"] == ["SUCCESS", "FAILURE"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_enqueue_over_tls_verifies_the_broker(rabbitmq: RabbitNode) -> None:
+    """amqps:// with RabbitMQ's cacertfile parameter; the system store does not know the test CA."""
+    from twisted.internet import reactor
+
+    import twisted_smtpconn
+
+    queue = _queue_name()
+    d = twisted_smtpconn.enqueue(rabbitmq.tls_url, b"To: b@example.test\r\n\r\nx\r\n", queue_name=queue, reactor=reactor)
+    d.addTimeout(30, reactor)
+    message_id = await d
+    assert [p.message_id for p, _ in drain(rabbitmq, queue)] == [message_id]
+    untrusted = rabbitmq.tls_url.split("?")[0]
+    d = twisted_smtpconn.enqueue(untrusted, b"To: b@example.test\r\n\r\nx\r\n", queue_name=queue, reactor=reactor)
+    d.addTimeout(30, reactor)
+    with pytest.raises(twisted_smtpconn.TLSError, match="(?i)certificate"):
+        await d
+    assert depth(rabbitmq, queue) == 0
+
+
+def test_queue_url_checks() -> None:
+    from twisted_smtpconn._amqp import check_url
+
+    assert check_url(f"amqps://u:p@mq.example.test/vh?cacertfile={__file__}&heartbeat=10")
+    for url, problem in [
+        ("http://mq.example.test/", "must start with amqp"),
+        ("amqp:///vh", "names no host"),
+        ("amqp://mq.example.test:99999/", "bad port"),
+        ("amqp://mq.example.test/?cacertfile=/x", "is for amqps"),
+        ("amqps://mq.example.test/?verify=maybe", "verify must be"),
+        ("amqps://mq.example.test/?cacertfile=/no/such/file.pem", "TLS parameters"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            check_url(url)
+
+
 def test_enqueue_refuses_delivery_flags(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "twisted_smtpconn", "enqueue", "--queue", "amqp://127.0.0.1/", "--host", "x",
@@ -391,14 +434,14 @@ def test_worker_refuses_message_sources(tmp_path: Path) -> None:
     assert "enqueue" in result.stderr
 
 
-def test_twistd_worker_delivers_and_exits_0_on_sigterm(
+def test_twistd_worker_over_tls_delivers_and_exits_0_on_sigterm(
     rabbitmq: RabbitNode, make_aiosmtpd: Callable[..., AiosmtpdServer], workers: Workers, tmp_path: Path
 ) -> None:
     server = make_aiosmtpd()
     queue = _queue_name()
     contents = _make_spool(tmp_path / "spool", 20, queue)
     _enqueue_spool(rabbitmq, queue, tmp_path / "spool", tmp_path)
-    worker = workers.start(rabbitmq, queue, server.port, "--connections", "2", twistd=True)
+    worker = workers.start(rabbitmq, queue, server.port, "--connections", "2", twistd=True, url=rabbitmq.tls_url)
     wait_until(lambda: len(server.messages) >= 20, "20 messages", limit=60)
     wait_until(lambda: depth(rabbitmq, queue) == 0, "an empty queue", limit=60)
     assert worker.stop() == 0, worker.output()[-3000:]

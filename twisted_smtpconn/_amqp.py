@@ -28,16 +28,22 @@ so that the rest of the library does not need it.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 from ._envelope import DSN
+from ._errors import TLSError
+from ._tls_creator import make_client_creator
+from ._tls_settings import TLSSettings, check_tls_settings
 
 if TYPE_CHECKING:
     from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
@@ -100,42 +106,142 @@ class QueueNames:
         return f"{self.queue}.retry.{number}"
 
 
-def check_url(url: str) -> str:
-    """
-    ``url`` if it is an ``amqp://`` URL this module can use.
+#: The TLS query parameters of RabbitMQ's ``amqps://`` URI specification
+#: that this module reads itself (pika's own parameters pass through).
+_TLS_QUERY = {
+    "cacertfile": "ca_certs",
+    "certfile": "client_cert",
+    "keyfile": "client_key",
+    "server_name_indication": "servername",
+}
 
-    :raises ValueError: with a message naming the problem.
-    """
+
+@dataclass(frozen=True)
+class _Target:
+    """A checked queue URL: pika's form of it, and the TLS settings for ``amqps``."""
+
+    pika_url: str
+    host: str
+    port: int
+    tls: TLSSettings | None
+
+
+def _parse_url(url: str) -> _Target:
     parts = urlsplit(url)
-    if parts.scheme == "amqps":
-        raise ValueError("amqps:// (AMQP over TLS) is not supported yet; use amqp:// on a trusted network")
-    if parts.scheme != "amqp":
-        raise ValueError(f"the queue URL must start with amqp://, not {url!r}")
+    if parts.scheme not in ("amqp", "amqps"):
+        raise ValueError(f"the queue URL must start with amqp:// or amqps://, not {url!r}")
     if not parts.hostname:
         raise ValueError(f"the queue URL names no host: {url!r}")
     try:
-        parts.port
+        port = parts.port
     except ValueError:
         raise ValueError(f"the queue URL has a bad port: {url!r}") from None
+    secure = parts.scheme == "amqps"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    tls: TLSSettings | None = None
+    if secure:
+        given: dict[str, Any] = {}
+        rest = []
+        for key, value in query:
+            if key in _TLS_QUERY:
+                given[_TLS_QUERY[key]] = value
+            elif key == "verify":
+                if value not in ("verify_peer", "verify_none"):
+                    raise ValueError(f"the queue URL's verify must be verify_peer or verify_none, not {value!r}")
+                given["reject_unauthorized"] = value == "verify_peer"
+            else:
+                rest.append((key, value))
+        query = rest
+        try:
+            tls = TLSSettings.from_mapping(check_tls_settings(given))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"the queue URL's TLS parameters: {e}") from None
+    else:
+        for key, _ in query:
+            if key in _TLS_QUERY or key == "verify":
+                raise ValueError(f"the queue URL's {key} is for amqps://")
+    port = port if port is not None else (5671 if secure else 5672)
+    # pika is given a plain amqp:// URL: the transport (TLS included) is
+    # Twisted's, and pika ignores its own TLS settings on it.
+    userinfo = parts.netloc.rpartition("@")[0] + "@" if "@" in parts.netloc else ""
+    pika_url = urlunsplit(("amqp", userinfo + _host_port(parts.hostname, port), parts.path, urlencode(query), ""))
+    return _Target(pika_url=pika_url, host=parts.hostname, port=port, tls=tls)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_url(url: str) -> str:
+    """
+    ``url`` if it is an ``amqp://`` or ``amqps://`` URL this module can use.
+
+    ``amqps://`` takes RabbitMQ's URI query parameters for TLS:
+    ``cacertfile`` (a PEM bundle to trust instead of the system's),
+    ``certfile`` and ``keyfile`` (a client certificate),
+    ``server_name_indication`` (the name to verify, default the host) and
+    ``verify`` (``verify_peer``, the default, or ``verify_none``).
+
+    :raises ValueError: with a message naming the problem.
+    """
+    _parse_url(url)
     return url
 
 
 async def connect(reactor: Any, url: str, *, timeout: float = 30.0) -> TwistedProtocolConnection:
     """
-    Open an AMQP connection to ``url`` and wait until it is ready.
+    Open an AMQP connection to ``url`` and wait until it is ready (over
+    TLS for ``amqps://``, the certificate verified as for SMTP).
 
-    :raises Exception: whatever connecting or the AMQP handshake raised.
+    :raises Exception: whatever connecting, TLS or the AMQP handshake raised.
     """
     pika = _pika()
-    check_url(url)
-    parameters = pika.URLParameters(url)
-    endpoint = HostnameEndpoint(reactor, parameters.host, parameters.port, timeout=timeout)
-    connection = pika.adapters.twisted_connection.TwistedProtocolConnection(parameters, custom_reactor=reactor)
+    target = _parse_url(url)
+    parameters = pika.URLParameters(target.pika_url)
+    endpoint: Any = HostnameEndpoint(reactor, target.host, target.port, timeout=timeout)
+    if target.tls is not None:
+        endpoint = wrapClientTLS(make_client_creator(target.tls, target.host), endpoint)
+    connection = _connection_class()(parameters, custom_reactor=reactor)
     await connectProtocol(endpoint, connection)  # type: ignore[no-untyped-call]
     ready = connection.ready
     if ready is not None:
-        await ready
+        try:
+            await ready
+        except Exception as e:
+            # pika reports every failed handshake as "AMQPConnectionError: 1";
+            # say what it was.
+            lost = connection.lost_reason
+            if lost is not None and isinstance(lost.value, TLSError):
+                raise lost.value from None
+            why = connection.failed_reason or (lost.value if lost is not None else None)
+            if why is not None and why is not e:
+                raise pika.exceptions.AMQPConnectionError(
+                    f"{target.host}:{target.port}: {type(why).__name__}: {why}"
+                ) from None
+            raise
     return connection
+
+
+@functools.cache
+def _connection_class() -> Any:
+    """pika's Twisted protocol, keeping why a connection failed (pika drops it)."""
+    pika = _pika()
+
+    base: Any = pika.adapters.twisted_connection.TwistedProtocolConnection
+
+    class _Connection(base):  # type: ignore[misc]
+        lost_reason: Failure | None = None
+        failed_reason: BaseException | None = None
+
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
+            self.lost_reason = reason
+            super().connectionLost(reason)
+
+        def _on_connection_failed(self, connection: Any, error: BaseException | None = None) -> None:
+            self.failed_reason = error
+            super()._on_connection_failed(connection, error)
+
+    return _Connection
 
 
 async def declare(channel: TwistedChannel, names: QueueNames, *, retries: int = 0) -> None:
@@ -284,7 +390,9 @@ def enqueue(
     Put one mail on the RabbitMQ queue that ``smtpsend --queue`` workers
     consume, and say so only once the broker has it (publisher confirms).
 
-    :param url: ``amqp://USER:PASS@HOST:PORT/VHOST``.
+    :param url: ``amqp://USER:PASS@HOST:PORT/VHOST``, or ``amqps://...``
+        for TLS (with RabbitMQ's ``cacertfile``, ``certfile``, ``keyfile``,
+        ``server_name_indication`` and ``verify`` query parameters).
     :param message: the RFC 5322 message: bytes (sent unchanged), ``str``
         (UTF-8) or an ``email.message.Message``.
     :param mail_from: the envelope sender; ``None``: the worker takes it
@@ -295,7 +403,8 @@ def enqueue(
         new random id).
     :param queue_name: the queue (declared durable if it does not exist).
     :returns: a Deferred firing with the message id, or failing if the
-        broker could not be reached or refused the message.
+        broker could not be reached (:class:`TLSError` if its certificate
+        was not trusted) or refused the message.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor

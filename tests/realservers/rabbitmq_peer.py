@@ -10,7 +10,9 @@ node's directory), its own data and log directories, configuration file and
 
 * AMQP on a free port (``listeners.tcp.1 = 127.0.0.1:PORT``: the
   ``RABBITMQ_NODE_IP_ADDRESS`` variable alone is overridden by a listener
-  in the configuration file, so the file names the address too);
+  in the configuration file, so the file names the address too), and AMQP
+  over TLS on another (``listeners.ssl.1``), with a certificate for
+  127.0.0.1 from a throwaway CA (trustme);
 * Erlang distribution on ``RABBITMQ_DIST_PORT``, bound to 127.0.0.1
   (``-kernel inet_dist_use_interface``);
 * a private ``epmd`` started here in the foreground on its own port and
@@ -95,6 +97,7 @@ class RabbitNode:
 
     base: Path
     port: int
+    tls_port: int
     dist_port: int
     epmd_port: int
     nodename: str
@@ -108,6 +111,16 @@ class RabbitNode:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@{LOOPBACK}:{self.port}/%2F"
+
+    @property
+    def ca_path(self) -> Path:
+        """The PEM file of the CA that issued the TLS listener's certificate."""
+        return self.base / "ca.pem"
+
+    @property
+    def tls_url(self) -> str:
+        """``amqps://`` to the TLS listener, trusting :attr:`ca_path`."""
+        return f"amqps://guest:guest@{LOOPBACK}:{self.tls_port}/%2F?cacertfile={self.ca_path}"
 
     def _environment(self) -> dict[str, str]:
         env = {
@@ -213,10 +226,23 @@ def start_rabbitmq(base: Path) -> RabbitNode:
     Start epmd and a node in ``base`` (created; it should be short: Erlang
     and Unix sockets dislike long paths).
     """
+    import trustme
+
     base.mkdir(parents=True, exist_ok=True)
-    port, dist_port, epmd_port = free_port(), free_port(), free_port()
+    port, tls_port, dist_port, epmd_port = free_port(), free_port(), free_port(), free_port()
+    ca = trustme.CA()
+    issued = ca.issue_cert(LOOPBACK, "localhost")
+    ca.cert_pem.write_to_path(str(base / "ca.pem"))
+    issued.cert_chain_pems[0].write_to_path(str(base / "server.pem"))
+    issued.private_key_pem.write_to_path(str(base / "server.key"))
     (base / "rabbitmq.conf").write_text(
         f"listeners.tcp.1 = {LOOPBACK}:{port}\n"
+        f"listeners.ssl.1 = {LOOPBACK}:{tls_port}\n"
+        f"ssl_options.cacertfile = {base / 'ca.pem'}\n"
+        f"ssl_options.certfile = {base / 'server.pem'}\n"
+        f"ssl_options.keyfile = {base / 'server.key'}\n"
+        "ssl_options.verify = verify_none\n"
+        "ssl_options.fail_if_no_peer_cert = false\n"
         "loopback_users.guest = true\n"
         "log.console = true\n"
         "log.console.level = warning\n"
@@ -242,6 +268,7 @@ def start_rabbitmq(base: Path) -> RabbitNode:
     node = RabbitNode(
         base=base,
         port=port,
+        tls_port=tls_port,
         dist_port=dist_port,
         epmd_port=epmd_port,
         nodename=f"smtpconn-{secrets.token_hex(4)}@localhost",

@@ -163,7 +163,8 @@ class SendOptions(usage.Options):
         ["report", None, None, "Write one JSON line per message to this file."],
         # Queue mode.
         ["queue", None, None,
-         "Be a worker: deliver the mail of this RabbitMQ queue, amqp://USER:PASS@HOST:PORT/VHOST (see docs/scaling.rst)."],
+         "Be a worker: deliver the mail of this RabbitMQ queue, amqp://USER@HOST:PORT/VHOST"
+         " (amqps:// for TLS; see docs/scaling.rst)."],
         ["queue-name", None, None, "The queue (default smtpsend); also names Q.dead, Q.review, Q.results."],
         ["queue-password-file", None, None, "Read the password of the --queue URL's user from this file."],
         ["queue-password-env", None, None, "Read the password of the --queue URL's user from this environment variable."],
