@@ -501,6 +501,27 @@ def test_queue_password_kept_out_of_the_command_line(
     assert wrong.returncode == 64 and "password in the URL already" in wrong.stderr
 
 
+def test_refused_login_or_untrusted_broker_is_fatal_at_start(rabbitmq: RabbitNode, tmp_path: Path) -> None:
+    """A setting to fix, not an outage to wait out: exit 69 with the reason."""
+    wrong = rabbitmq.url.replace("guest:guest@", "guest:wrong@")
+    untrusted = rabbitmq.tls_url.split("?")[0]
+    for url, reason in [(wrong, "refused the login"), (untrusted, "unknown CA")]:
+        worker = subprocess.run(
+            [sys.executable, "-m", "twisted_smtpconn", "--queue", url, "--host", "127.0.0.1", "--port", "9"],
+            capture_output=True, text=True, cwd=tmp_path, env=subprocess_env(), timeout=LIMIT,
+        )
+        assert worker.returncode == 69, worker.stdout + worker.stderr
+        assert reason in worker.stderr
+        assert "wrong" not in worker.stdout + worker.stderr  # the password is never echoed
+        producer = subprocess.run(
+            [sys.executable, "-m", "twisted_smtpconn", "enqueue", "--queue", url,
+             "--subject", "s", "--body", "b", "--to", "x@example.test"],
+            capture_output=True, text=True, cwd=tmp_path, env=subprocess_env(), timeout=LIMIT,
+        )
+        assert producer.returncode == 69, producer.stdout + producer.stderr
+        assert reason in producer.stderr
+
+
 class _SlowHandler(RecordingHandler):
     """Takes a while over each message, like a busy server."""
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
 
 __all__ = [
+    "BrokerRefusedError",
     "DEFAULT_QUEUE",
     "HEADER_ATTEMPTS",
     "HEADER_REASON",
@@ -72,6 +73,10 @@ HEADER_ATTEMPTS = "x-smtpsend-attempts"
 HEADER_REASON = "x-smtpsend-reason"
 
 _INSTALL = "the queue needs pika: pip install 'twisted_smtpconn[queue]'"
+
+
+class BrokerRefusedError(ConnectionError):
+    """The broker refused the user, the password or the virtual host."""
 
 
 def _pika() -> Any:
@@ -214,6 +219,23 @@ async def connect(reactor: Any, url: str, *, timeout: float = 30.0) -> TwistedPr
             if lost is not None and isinstance(lost.value, TLSError):
                 raise lost.value from None
             why = connection.failed_reason or (lost.value if lost is not None else None)
+            refused = (
+                pika.exceptions.AuthenticationError,
+                pika.exceptions.ProbableAuthenticationError,
+                pika.exceptions.ProbableAccessDeniedError,
+            )
+            stage = connection.stage_at_loss
+            # pika's handshake states: the login sent, the virtual host asked for.
+            start, tune = pika.connection.Connection.CONNECTION_START, pika.connection.Connection.CONNECTION_TUNE
+            if isinstance(why, refused) or stage in (start, tune):
+                # RabbitMQ closes the connection without a word on a bad
+                # login (stage "start") or a virtual host the user may not
+                # open ("tune").
+                what = "the login" if stage != tune else "access to the virtual host"
+                raise BrokerRefusedError(
+                    f"{target.host}:{target.port} refused {what} (it closed the connection during the handshake:"
+                    " check the user, the password and the virtual host)"
+                ) from None
             if why is not None and why is not e:
                 raise pika.exceptions.AMQPConnectionError(
                     f"{target.host}:{target.port}: {type(why).__name__}: {why}"
@@ -232,9 +254,13 @@ def _connection_class() -> Any:
     class _Connection(base):  # type: ignore[misc]
         lost_reason: Failure | None = None
         failed_reason: BaseException | None = None
+        stage_at_loss: int | None = None
 
         def connectionLost(self, reason: Failure = connectionDone) -> None:
             self.lost_reason = reason
+            if self.ready is not None:
+                # Still in the handshake: which step the broker cut.
+                self.stage_at_loss = self._impl.connection_state
             super().connectionLost(reason)
 
         def _on_connection_failed(self, connection: Any, error: BaseException | None = None) -> None:

@@ -70,6 +70,7 @@ from twisted.python import usage
 
 from .._amqp import (
     DEFAULT_QUEUE,
+    BrokerRefusedError,
     HEADER_ATTEMPTS,
     HEADER_REASON,
     Publisher,
@@ -81,11 +82,11 @@ from .._amqp import (
 )
 from .._email import headers_envelope
 from .._envelope import DSN, Envelope
-from .._errors import SMTPConnectionError
+from .._errors import SMTPConnectionError, TLSError
 from .._passwords import PasswordSourceError, read_password
 from .._pool import SendTrace, SMTPPool
 from ._messages import Job, MessageContent, _without_bcc, collect_jobs, load_script
-from ._output import EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, Console, Outcome, format_duration
+from ._output import EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, Console, Outcome, format_duration
 
 __all__ = [
     "DEFAULT_RETRIES",
@@ -469,6 +470,8 @@ class QueueWorker:
         self._holds: dict[_Delivery, IDelayedCall] = {}
         self._hold_delay = _HOLD_MIN
         self._count = 0
+        #: Why the worker gave up, if it did (see :meth:`run`).
+        self.fatal: str | None = None
         self.stopped: Deferred[None] = Deferred()
 
     @property
@@ -479,7 +482,13 @@ class QueueWorker:
     # -- the broker connection ---------------------------------------------------
 
     async def run(self) -> None:
-        """Consume until :meth:`stop`, reconnecting to the broker as needed."""
+        """
+        Consume until :meth:`stop`, reconnecting to the broker as needed.
+
+        Before the first successful connection, a broker that refuses the
+        login or whose certificate is not trusted ends the run (:attr:`fatal`
+        says why): that is a setting to fix, not an outage to wait out.
+        """
         delay = _RECONNECT_MIN
         lost_once = False
         try:
@@ -492,6 +501,10 @@ class QueueWorker:
                     break
                 except Exception as e:
                     if self.stopping:
+                        break
+                    if self._generation == 0 and isinstance(e, (BrokerRefusedError, TLSError)):
+                        self.fatal = f"broker {self._where()}: {_describe(e)}"
+                        self._notice(self.fatal)
                         break
                     self._notice(f"broker {self._where()}: {_describe(e)}; trying again in {delay:.1f}s")
                 else:
@@ -962,7 +975,8 @@ async def run_worker(
 ) -> int:
     """
     Run a worker until SIGTERM or Ctrl-C (a "before shutdown" trigger), then
-    print the summary line; 0 after a graceful stop.
+    print the summary line; 0 after a graceful stop, 69 if the broker
+    refused the login or its certificate at the start.
     """
     started = reactor.seconds()
     worker: QueueWorker
@@ -1011,11 +1025,12 @@ async def run_worker(
             reactor.removeSystemEventTrigger(trigger)
     elapsed = reactor.seconds() - started
     done = worker.tally.counts[SENT] + worker.tally.counts[PARTIAL]
+    status = EX_OK if worker.fatal is None else EX_UNAVAILABLE
     out.info(
         f"smtpsend: worker {config.worker_id}: {worker.tally.line()}; "
-        f"{format_duration(elapsed)}, {done / elapsed if elapsed > 0 else 0:.1f} msg/s; exit status 0"
+        f"{format_duration(elapsed)}, {done / elapsed if elapsed > 0 else 0:.1f} msg/s; exit status {status}"
     )
-    return EX_OK
+    return status
 
 
 # -- the producer: enqueue --------------------------------------------------------------
@@ -1038,6 +1053,9 @@ async def enqueue_main(reactor: Any, options: Mapping[str, Any], out: Console, s
     started = reactor.seconds()
     try:
         publisher = await Publisher.open(reactor, url, name)
+    except (BrokerRefusedError, TLSError) as e:
+        out.problem(f"smtpsend enqueue: {_describe(e)}")
+        return EX_UNAVAILABLE
     except Exception as e:
         out.problem(f"smtpsend enqueue: cannot reach the broker: {_describe(e)}")
         return EX_TEMPFAIL
