@@ -890,33 +890,41 @@ class QueueWorker:
     async def _publish_and_settle(
         self, delivery: _Delivery, disposition: Disposition, record: dict[str, Any], copy: tuple[str, Any, bytes] | None
     ) -> None:
+        """
+        Publish the result record and the copy, if any, then ack (or nack).
+
+        A copy holds the mail from now on, so the ack waits for its confirm.
+        The result record is not the mail: the ack goes right after it
+        (same channel, in order) without waiting for its confirm, so that a
+        broker lost in between costs at worst a record (``--report`` has it
+        too), never a second delivery of the mail.
+        """
+        channel = delivery.channel
+        recorded: Deferred[Any] | None = None
         try:
-            channel = delivery.channel
             if delivery.generation != self._generation or self._channel is not channel or not channel.is_open:
                 raise _StaleChannel()
             if disposition.kind != REQUEUED:
-                published = [
-                    channel.basic_publish(
-                        exchange=self._config.names.results,
-                        routing_key="",
-                        body=json.dumps(record, ensure_ascii=False).encode("utf-8"),
-                        properties=message_properties(
-                            str(record.get("message_id") or uuid.uuid4().hex), {}, content_type="application/json"
-                        ),
-                    )
-                ]
+                recorded = channel.basic_publish(
+                    exchange=self._config.names.results,
+                    routing_key="",
+                    body=json.dumps(record, ensure_ascii=False).encode("utf-8"),
+                    properties=message_properties(
+                        str(record.get("message_id") or uuid.uuid4().hex), {}, content_type="application/json"
+                    ),
+                )
                 if copy is not None:
                     queue, properties, body = copy
-                    published.append(channel.basic_publish(exchange="", routing_key=queue, body=body, properties=properties))
-                for d in published:
-                    await d
-            if delivery.generation != self._generation or not channel.is_open:
-                raise _StaleChannel()
+                    await channel.basic_publish(exchange="", routing_key=queue, body=body, properties=properties)
+                    if delivery.generation != self._generation or not channel.is_open:
+                        raise _StaleChannel()
             self._settle_broker(delivery, disposition.kind)
         except Exception as e:
             # The channel is gone: the broker will deliver the message again.
             # Remember a final outcome so that it is not sent twice.
-            if not isinstance(e, _StaleChannel) and delivery.channel.is_open:
+            if recorded is not None:
+                recorded.addErrback(lambda _: None)
+            if not isinstance(e, _StaleChannel) and channel.is_open:
                 self._notice(f"could not settle {record.get('message_id')}: {_describe(e)}")
             parsed = delivery.parsed
             if parsed is not None and disposition.kind in _FINAL:
@@ -925,6 +933,13 @@ class QueueWorker:
                     self._settled.popitem(last=False)
             if not delivery.done.called:
                 delivery.done.callback(None)
+            return
+        if recorded is not None:
+            try:
+                await recorded
+            except Exception as e:
+                if channel.is_open:
+                    self._notice(f"the result record of {record.get('message_id')} was not confirmed: {_describe(e)}")
 
     def _settle_broker(self, delivery: _Delivery, kind: str) -> None:
         """Ack (or nack with requeue) on the delivery's own channel, once."""
