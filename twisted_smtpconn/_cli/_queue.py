@@ -85,7 +85,7 @@ from .._envelope import DSN, Envelope
 from .._errors import SMTPConnectionError, TLSError
 from .._passwords import PasswordSourceError, read_password
 from .._pool import SendTrace, SMTPPool
-from ._messages import Job, MessageContent, _without_bcc, collect_jobs, load_script
+from ._messages import Job, MessageContent, collect_jobs, load_script, without_bcc_bytes
 from ._output import EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, Console, Outcome, format_duration
 
 __all__ = [
@@ -93,13 +93,16 @@ __all__ = [
     "DEFAULT_RETRY_DELAY",
     "Disposition",
     "Malformed",
+    "ParsedMail",
     "QueueConfig",
+    "QueueTally",
     "QueueWorker",
     "decide",
     "enqueue_main",
     "parse_mail",
     "queue_config",
     "queue_url",
+    "run_worker",
 ]
 
 #: ``--retries`` in queue mode when not given.
@@ -303,7 +306,7 @@ def parse_mail(body: bytes, headers: Mapping[str, Any] | None, message_id: str |
     except (SMTPConnectionError, TypeError, ValueError) as e:
         raise Malformed(f"no usable envelope: {e}") from None
     if rcpt_to is None and parsed.get("Bcc") is not None:
-        data = _without_bcc(body)
+        data = without_bcc_bytes(body)
     mid = message_id or f"sha1:{hashlib.sha1(body).hexdigest()}"
     return ParsedMail(message_id=mid, envelope=envelope, data=data, explicit_rcpt=rcpt_to is not None)
 
