@@ -323,13 +323,29 @@ class EnqueueOptions(SendOptions):
         "retry-delay", "worker-id", "grace",
     )
 
+    #: Switches about delivering, refused likewise.
+    _SENDING_SWITCHES = (
+        "secure", "require-tls", "ignore-tls", "opportunistic-tls", "insecure", "allow-insecure-auth", "lmtp", "debug",
+        "8bitmime",
+    )
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The help without the flags about delivering (they are refused here)."""
+        hidden = {*self._SENDING_FLAGS, *self._SENDING_SWITCHES, "password"}
+        every = self.longOpt
+        self.longOpt = [name for name in every if name.rstrip("=") not in hidden]
+        try:
+            return str(super().getUsage(width))
+        finally:
+            self.longOpt = every
+
     def postOptions(self) -> None:
         if self["queue"] is None:
             raise usage.UsageError("enqueue needs --queue amqp://USER:PASS@HOST:PORT/VHOST")
         for flag in self._SENDING_FLAGS:
             if self[flag] is not None:
                 raise usage.UsageError(f"--{flag} is about delivering; the workers take care of it, not enqueue")
-        for flag in ("secure", "require-tls", "ignore-tls", "opportunistic-tls", "insecure", "allow-insecure-auth", "lmtp", "debug"):
+        for flag in self._SENDING_SWITCHES:
             if self[flag]:
                 raise usage.UsageError(f"--{flag} is about delivering; the workers take care of it, not enqueue")
         super().postOptions()
