@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,7 @@ def main() -> None:
     finally:
         node.stop()
         sink.stop()
+        shutil.rmtree(work, ignore_errors=True)
     base = min(rows["spool"])
     print(f"\n{count} messages, --connections {args.connections} per process, smtp-sink; best of {args.rounds}\n")
     print("=================  ========  =========  ==========================")
