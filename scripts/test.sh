@@ -6,12 +6,12 @@
 # Works on a fresh Debian machine that has only Python 3:
 #
 #  1. as root, installs the real servers the tests drive (postfix,
-#     dovecot-core, and the proxies dante-server and tinyproxy) with apt-get,
-#     with service starts forbidden so that no packaged daemon listens; as
-#     another user it says so and skips this;
+#     dovecot-core, the proxies dante-server and tinyproxy, and the broker
+#     rabbitmq-server) with apt-get, with service starts forbidden so that no
+#     packaged daemon listens; as another user it says so and skips this;
 #  2. creates .venv (python3 -m venv) unless it exists;
-#  3. builds the wheel and installs it, not editable, with the test, docs, ntlm and
-#     bench extras, and checks that the wheel holds every module of the tree;
+#  3. builds the wheel and installs it, not editable, with the test, docs, ntlm,
+#     bench and queue extras, and checks that the wheel holds every module of the tree;
 #  4. rebuilds Twisted's plugin cache and checks that twistd lists smtpsend;
 #  5. runs pytest against the INSTALLED package, with coverage;
 #  6. runs mypy --strict (mypy.ini: the package and tests/typed_consumer.py);
@@ -35,7 +35,7 @@ step() {
 }
 
 # -- 1. system packages ------------------------------------------------------
-apt_packages=(postfix dovecot-core dante-server tinyproxy time)
+apt_packages=(postfix dovecot-core dante-server tinyproxy rabbitmq-server time)
 if ! "$python" -c "import ensurepip" >/dev/null 2>&1; then
     # Debian's python3 ships venv's pip bootstrap separately.
     apt_packages+=(python3-venv)
@@ -47,9 +47,12 @@ all_installed() {
         [[ $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null) == "install ok installed" ]] || return 1
     done
 }
-packaged_proxy_daemons() {
+packaged_daemons() {
     # PIDs of tinyproxy/danted running with the packages' configuration: the
     # test fixtures always name their own file (-c / -f), the services never.
+    # And RabbitMQ's: the system node (the fixtures' node is started with
+    # "-start_epmd false", the service never) and an epmd without the
+    # fixtures' -port.
     local pid args
     for pid in $(pgrep -x 'tinyproxy|danted' || true); do
         args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
@@ -58,9 +61,22 @@ packaged_proxy_daemons() {
             echo "$pid"
         fi
     done
+    local name
+    for pid in $(pgrep -x 'beam.smp|epmd' || true); do
+        args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+        name=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
+        [[ -n $args ]] || continue
+        if [[ $name == beam.smp ]]; then
+            if [[ $args == *" rabbit boot"* && $args != *" -start_epmd false"* ]]; then
+                echo "$pid"
+            fi
+        elif [[ " $args" != *" -port "* ]]; then
+            echo "$pid"
+        fi
+    done
 }
 if [[ $(id -u) -ne 0 ]]; then
-    echo "not root: skipping apt-get; install ${apt_packages[*]} yourself for the Postfix and proxy tests"
+    echo "not root: skipping apt-get; install ${apt_packages[*]} yourself for the Postfix, proxy and queue tests"
 elif ! command -v apt-get >/dev/null 2>&1; then
     echo "no apt-get on this machine: skipping; install ${apt_packages[*]} yourself"
 elif all_installed "${apt_packages[@]}"; then
@@ -90,14 +106,15 @@ else
     trap restore_policy EXIT
     printf '#!/bin/sh\n# scripts/test.sh: no service starts during its apt-get install\nexit 101\n' >"$policy"
     chmod 0755 "$policy"
-    daemons_before=$(packaged_proxy_daemons)
+    daemons_before=$(packaged_daemons)
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${apt_packages[@]}"
     restore_policy
     trap - EXIT
-    # Should a maintainer script have started a proxy daemon anyway, stop
-    # exactly that one (by PID), never one that was running before.
-    for pid in $(packaged_proxy_daemons); do
+    # Should a maintainer script have started a daemon anyway (a proxy,
+    # RabbitMQ's node or the epmd it starts), stop exactly that one (by
+    # PID), never one that was running before.
+    for pid in $(packaged_daemons); do
         if ! grep -qxw "$pid" <<<"$daemons_before"; then
             echo "stopping $(tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null || echo "PID $pid"), started by the install"
             kill "$pid" 2>/dev/null || true
@@ -129,7 +146,7 @@ wheel=${wheels[0]}
 # An install of the same version would otherwise count as "already
 # satisfied" and the tests would run against the old code.
 "$vpython" -m pip uninstall --quiet --yes twisted_smtpconn >/dev/null 2>&1 || true
-"$vpython" -m pip install --quiet --disable-pip-version-check "${wheel}[test,docs,ntlm,bench]"
+"$vpython" -m pip install --quiet --disable-pip-version-check "${wheel}[test,docs,ntlm,bench,queue]"
 
 step "check the wheel's contents"
 "$vpython" - "$wheel" "$repo" <<'EOF'

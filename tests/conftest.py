@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from realservers.aiosmtpd_peer import AiosmtpdServer
     from realservers.postfix_peer import PostfixRelay, SmtpSink
     from realservers.proxy_peers import ProxyProcess
+    from realservers.rabbitmq_peer import RabbitNode
 
 #: Upper bound on how long the leak check lets the reactor finish closing
 #: connections and firing short timers before it reports what is left.
@@ -339,3 +341,25 @@ def make_tinyproxy(tmp_path: Any) -> Iterator[Callable[..., ProxyProcess]]:
     yield make
     for proxy in reversed(started):
         proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitNode]:
+    """
+    A private RabbitMQ node on 127.0.0.1 (own node name, ports, epmd and
+    data directory), started once per session and stopped by PID at the
+    end.  ``rabbitmq.restart()`` stops and starts it on the same ports and
+    data (durable queues and persistent messages survive).
+    """
+    from realservers.rabbitmq_peer import rabbitmq_unavailable_reason, start_rabbitmq
+
+    reason = rabbitmq_unavailable_reason()
+    if reason is not None:
+        real_server_unavailable(reason)
+    base = tempfile.mkdtemp(prefix="smtpconn-mq-", dir="/tmp")
+    node = start_rabbitmq(Path(base))
+    try:
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)

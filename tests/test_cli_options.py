@@ -37,7 +37,7 @@ from twisted_smtpconn import DSN
 from twisted_smtpconn._cli._messages import (
     Job,
     MessageContent,
-    _without_bcc,
+    without_bcc_bytes,
     collect_jobs,
     compose_message,
     envelope_from_headers,
@@ -542,7 +542,7 @@ def test_bcc_removal_property(
             lines.append(f" {value}\r\n".encode())
     head = b"".join(lines)
     tail = b"\r\n" + b"".join(f"{b}\r\n".encode() for b in body)
-    out = _without_bcc(head + tail)
+    out = without_bcc_bytes(head + tail)
     out_head, _, out_body = out.partition(b"\r\n\r\n")
     assert out.endswith(tail)
     kept = [

@@ -20,7 +20,7 @@ import pytest
 
 import twisted_smtpconn
 
-#: API.md's public names (plus SMTPPool), sorted.
+#: API.md's public names (plus SMTPPool and enqueue), sorted.
 PUBLIC_NAMES = [
     "Auth",
     "AuthenticationError",
@@ -41,6 +41,7 @@ PUBLIC_NAMES = [
     "SocketError",
     "StreamError",
     "TLSError",
+    "enqueue",
     "send",
 ]
 
@@ -66,6 +67,7 @@ DEFINED_IN = {
     "SocketError": "twisted_smtpconn._errors",
     "StreamError": "twisted_smtpconn._errors",
     "TLSError": "twisted_smtpconn._errors",
+    "enqueue": "twisted_smtpconn._amqp",
 }
 
 #: Seconds a child interpreter may take to import the package.

@@ -35,6 +35,7 @@ from twisted_smtpconn import (
     SocketError,
     StreamError,
     TLSError,
+    enqueue,
     send,
 )
 
@@ -220,3 +221,17 @@ async def via_compat(reactor: IReactorTCP) -> int:
     for address, reply_code, response in addresses:
         print(address.decode(), reply_code + 1, response.decode())
     return number_ok
+
+
+async def to_the_queue(reactor: IReactorTCP) -> str:
+    """Mail for ``smtpsend --queue`` workers: the id once the broker has it."""
+    queued: Deferred[str] = enqueue(
+        "amqp://guest:guest@127.0.0.1:5672/%2F",
+        b"From: a@example.test\r\nTo: b@example.test\r\n\r\nhello\r\n",
+        rcpt_to=["c@example.test"],
+        dsn=DSN(notify="FAILURE"),
+        queue_name="reports",
+        reactor=reactor,
+    )
+    message_id: str = await queued
+    return message_id

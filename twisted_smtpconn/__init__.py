@@ -35,11 +35,13 @@ façade    ``_options`` (every option checked once), ``_lifecycle``,
           ``_events``, ``_queue`` (turn-taking and the hand-over rule),
           ``_connection``
 above     ``_pool``, ``_send`` (the one-call ``send``), ``_oauth2``,
-          ``compat`` (drop-ins for ``twisted.mail.smtp``), ``_cli``
-          (``smtpsend``), ``_sink`` (``smtpsink``), ``_passwords``
+          ``compat`` (drop-ins for ``twisted.mail.smtp``), ``_amqp`` (mail
+          on a RabbitMQ queue: :func:`enqueue`), ``_cli`` (``smtpsend``),
+          ``_sink`` (``smtpsink``), ``_passwords``
 ========  ===================================================================
 """
 
+from ._amqp import enqueue
 from ._auth import Auth
 from ._connection import SMTPConnection
 from ._envelope import DSN, Envelope
@@ -65,6 +67,7 @@ __all__ = [
     "SMTPPool",
     "SendTrace",
     "send",
+    "enqueue",
     "Auth",
     "Envelope",
     "DSN",

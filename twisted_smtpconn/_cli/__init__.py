@@ -3,7 +3,8 @@ smtpsend: sending mail from the command line.
 
 One implementation, :func:`._run.main`, behind two front ends: ``python -m
 twisted_smtpconn`` (``task.react``, see ``twisted_smtpconn/__main__.py``)
-and ``twistd smtpsend`` (:mod:`._twistd`).  Documented in ``docs/twistd.rst``.
+and ``twistd smtpsend`` (:mod:`._twistd`); ``python -m twisted_smtpconn
+enqueue`` runs :func:`._queue.enqueue_main`.  Documented in ``docs/twistd.rst``.
 
 The modules, one concern each:
 
@@ -11,6 +12,8 @@ The modules, one concern each:
 * :mod:`._settings` -- connection settings: merged and validated once;
 * :mod:`._messages` -- what to send: scripts, spools, composition, jobs;
 * :mod:`._run` -- running the work: the pool, the embedded server, probes;
+* :mod:`._queue` -- the queue: a worker fed by RabbitMQ (``--queue``) and
+  the producer (``enqueue``), documented in ``docs/scaling.rst``;
 * :mod:`._output` -- exit statuses, outcomes, the report, the console.
 """
 

@@ -70,6 +70,7 @@ __all__ = [
     "message_id_domain",
     "parse_attachment",
     "parse_header",
+    "without_bcc_bytes",
 ]
 
 
@@ -295,10 +296,10 @@ class MessageContent:
         :raises OSError: if the file cannot be read.
         """
         if self.data is not None:
-            return io.BytesIO(_without_bcc(self.data) if self.strip_bcc else self.data)
+            return io.BytesIO(without_bcc_bytes(self.data) if self.strip_bcc else self.data)
         assert self.path is not None
         if self.strip_bcc:
-            return io.BytesIO(_without_bcc(self.path.read_bytes()))
+            return io.BytesIO(without_bcc_bytes(self.path.read_bytes()))
         return open(self.path, "rb")
 
 
@@ -400,7 +401,7 @@ def envelope_from_headers(head: bytes) -> HeaderEnvelope:
     )
 
 
-def _without_bcc(data: bytes) -> bytes:
+def without_bcc_bytes(data: bytes) -> bytes:
     """``data`` with every ``Bcc:`` field (and its continuation lines) removed."""
     out: list[bytes] = []
     in_header = True

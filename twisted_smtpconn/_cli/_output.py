@@ -397,7 +397,11 @@ class ReportWriter:
         return cls(stream)
 
     def write(self, outcome: Outcome) -> None:
-        self._stream.write(json.dumps(outcome.as_report(), ensure_ascii=False) + "\n")
+        self.write_record(outcome.as_report())
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """One JSON line (a queue worker's result record, say)."""
+        self._stream.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._stream.flush()
 
     def close(self) -> None:

@@ -77,6 +77,7 @@ from .._errors import ConnectionFailedError, SMTPConnectionError, StreamError
 from .._pool import SendTrace, SMTPPool
 from .._sink import RunningSink, SinkConfig, make_throwaway_certificate, start_sink
 from ._messages import Job, Script, bare_address, collect_jobs, default_sender, load_script
+from ._queue import queue_config, run_worker
 from ._output import (
     EX_OK,
     EX_SOFTWARE,
@@ -583,6 +584,8 @@ async def main(
     :returns: 0, or 64, 65, 69, 70 or 75 (see ``docs/twistd.rst``).
     """
     out: Console = console if console is not None else StreamConsole()
+    if options.get("queue"):
+        return await _queue_main(reactor, options, out)
     try:
         plan = _prepare(reactor, options, stdin)
     except usage.UsageError as e:
@@ -702,6 +705,46 @@ async def _send_all(
             out.info(f"smtpsend:   {captured.summary()}")
     out.info(summary_line(tally, elapsed, meter.rate(reactor.seconds()), status))
     return status
+
+
+# -- --queue: a worker -----------------------------------------------------------------
+
+
+async def _queue_main(reactor: Any, options: Mapping[str, Any], out: Console) -> int:
+    """
+    ``--queue URL``: deliver what a RabbitMQ queue holds until SIGTERM or
+    Ctrl-C (:mod:`._queue`).  The pool never retries by itself: retries go
+    through the broker, so that another worker may take them.
+    """
+    report: ReportWriter | None = None
+    try:
+        settings = resolve_settings(options, {}, "command line", reactor=reactor)
+        if settings.embedded:
+            raise usage.UsageError("--queue needs --host or --unix-socket: where to deliver")
+        config = queue_config(
+            options,
+            retries=options.get("retries"),
+            connections=settings.connections,
+            window=WINDOW_PER_CONNECTION,
+            grace=INTERRUPT_GRACE,
+        )
+        report = ReportWriter.open(options["report"]) if options.get("report") else None
+    except usage.UsageError as e:
+        out.usage_error(f"smtpsend: {e}")
+        return EX_USAGE
+    try:
+        out.info(
+            f"smtpsend: worker {config.worker_id}: delivering to {settings.target} over up to "
+            f"{settings.connections} connection(s); {config.retries} retries through {config.names.queue}.retry.N"
+        )
+        pool = _make_pool(reactor, replace(settings, retries=0), out)
+        return await run_worker(reactor, pool, config, out, report, verbose=bool(options.get("verbose")))
+    except Exception:
+        out.problem("smtpsend: internal error:\n" + traceback.format_exc().rstrip())
+        return EX_SOFTWARE
+    finally:
+        if report is not None:
+            report.close()
 
 
 # -- --quit-after: a probe --------------------------------------------------------------

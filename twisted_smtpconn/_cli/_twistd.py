@@ -48,7 +48,7 @@ from twisted.python import usage
 from ._messages import parse_header
 from ._output import EX_SOFTWARE, EX_USAGE, LoggerConsole
 
-__all__ = ["Options", "QUIT_AFTER_STAGES", "SendOptions", "SendService", "makeService", "package_version"]
+__all__ = ["EnqueueOptions", "Options", "QUIT_AFTER_STAGES", "SendOptions", "SendService", "makeService", "package_version"]
 
 #: ``--quit-after`` stages, in the order a session goes through them.
 QUIT_AFTER_STAGES = ("connect", "greeting", "ehlo", "tls", "auth", "mail", "rcpt")
@@ -93,6 +93,9 @@ class SendOptions(usage.Options):
     """
 
     synopsis = "Usage: python -m twisted_smtpconn [options]"
+
+    #: ``enqueue``: the options describe mail to put on a queue.
+    producer = False
     longdesc = (
         "Send mail through twisted_smtpconn.  With no --host (and no host in "
         "the script), a local capture server is started on 127.0.0.1 and the "
@@ -143,10 +146,24 @@ class SendOptions(usage.Options):
          "Messages over one connection before it is replaced (default 100).",
          _number(int, "max-messages-per-connection")],
         ["rate", None, None, "Start at most LIMIT messages per SECONDS, e.g. 10/1 (default: no limit)."],
-        ["retries", None, None, "Retries of a message that failed before the server had it, 0-10 (default 0).", _number(int, "retries")],
+        ["retries", None, None,
+         "Retries of a message that failed before the server had it, 0-10 (default 0; 3 with --queue).",
+         _number(int, "retries")],
         ["quit-after", None, None,
          "Test the server without sending: stop after connect, greeting, ehlo, tls or auth.", _quit_after],
         ["report", None, None, "Write one JSON line per message to this file."],
+        # Queue mode.
+        ["queue", None, None,
+         "Be a worker: deliver the mail of this RabbitMQ queue, amqp://USER@HOST:PORT/VHOST"
+         " (amqps:// for TLS; see docs/scaling.rst)."],
+        ["queue-name", None, None, "The queue (default smtpsend); also names Q.dead, Q.review, Q.results."],
+        ["queue-password-file", None, None, "Read the password of the --queue URL's user from this file."],
+        ["queue-password-env", None, None, "Read the password of the --queue URL's user from this environment variable."],
+        ["retry-delay", None, None,
+         "Queue mode: seconds before the first retry, doubling after (default 60).", _number(float, "retry-delay")],
+        ["worker-id", None, None, "Queue mode: this worker's name in result records (default host:pid)."],
+        ["grace", None, None,
+         "Queue mode: seconds the messages in flight may take after SIGTERM (default 15).", _number(float, "grace")],
         ["maildir", None, None, "Maildir of the embedded server (default: a new temporary one)."],
     ]
     optFlags: list[list[Any]] = [
@@ -236,6 +253,21 @@ class SendOptions(usage.Options):
             )
             if given
         ]
+        if self["queue"] is None:
+            for flag in ("queue-name", "queue-password-file", "queue-password-env", "retry-delay", "worker-id", "grace"):
+                if self[flag] is not None:
+                    raise usage.UsageError(f"--{flag} is for --queue")
+        elif not self.producer:
+            if sources:
+                raise usage.UsageError(
+                    f"--queue makes a worker that sends what the queue holds: it contradicts {sources[0]}"
+                    " (to put mail on the queue: python -m twisted_smtpconn enqueue)"
+                )
+            if self["quit-after"] is not None:
+                raise usage.UsageError("--quit-after contradicts --queue")
+            if self["maildir"] is not None:
+                raise usage.UsageError("--maildir contradicts --queue: a worker needs --host or --unix-socket")
+            return
         if self["quit-after"] is not None:
             if sources:
                 raise usage.UsageError(f"--quit-after sends nothing: it contradicts {sources[0]}")
@@ -256,6 +288,58 @@ class SendOptions(usage.Options):
             raise usage.UsageError("a composed message needs at least one --to, --cc or --bcc")
         if self["script"] is not None and (self["cc"] or self["bcc"]):
             raise usage.UsageError("--cc/--bcc do not apply to --script: put Cc/Bcc in its headers")
+
+
+class EnqueueOptions(SendOptions):
+    """
+    ``python -m twisted_smtpconn enqueue --queue URL``: the message sources
+    of sending (``--message``, ``--spool``, ``--script``, ``--subject`` /
+    ``--body``...) put on a RabbitMQ queue instead of sent.
+    """
+
+    synopsis = "Usage: python -m twisted_smtpconn enqueue --queue URL [--queue-name Q] [message options]"
+    longdesc = (
+        "Put mail on the RabbitMQ queue that smtpsend --queue workers consume, "
+        "each message confirmed by the broker.  Exit status: 0 all queued, "
+        "64 usage, 75 the broker could not be reached or refused a message."
+    )
+    producer = True
+
+    #: Flags about delivering (connection, TLS, AUTH, pool): a worker's business.
+    _SENDING_FLAGS = (
+        "host", "port", "unix-socket", "proxy", "name", "local-address", "connection-timeout",
+        "greeting-timeout", "socket-timeout", "ca-certs", "tls-servername", "client-cert", "client-key",
+        "tls-min-version", "user", "password-file", "password-env", "auth-method", "connections",
+        "max-messages-per-connection", "rate", "retries", "quit-after", "report", "maildir",
+        "retry-delay", "worker-id", "grace",
+    )
+
+    #: Switches about delivering, refused likewise.
+    _SENDING_SWITCHES = (
+        "secure", "require-tls", "ignore-tls", "opportunistic-tls", "insecure", "allow-insecure-auth", "lmtp", "debug",
+        "8bitmime",
+    )
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The help without the flags about delivering (they are refused here)."""
+        hidden = {*self._SENDING_FLAGS, *self._SENDING_SWITCHES, "password"}
+        every = self.longOpt
+        self.longOpt = [name for name in every if name.rstrip("=") not in hidden]
+        try:
+            return str(super().getUsage(width))
+        finally:
+            self.longOpt = every
+
+    def postOptions(self) -> None:
+        if self["queue"] is None:
+            raise usage.UsageError("enqueue needs --queue amqp://USER:PASS@HOST:PORT/VHOST")
+        for flag in self._SENDING_FLAGS:
+            if self[flag] is not None:
+                raise usage.UsageError(f"--{flag} is about delivering; the workers take care of it, not enqueue")
+        for flag in self._SENDING_SWITCHES:
+            if self[flag]:
+                raise usage.UsageError(f"--{flag} is about delivering; the workers take care of it, not enqueue")
+        super().postOptions()
 
 
 # -- the twistd service ------------------------------------------------------------
@@ -311,6 +395,13 @@ class SendService(Service):
                 self.log.failure("smtpsend failed")
                 code = EX_SOFTWARE
         self.exit_code = code
+        if code == 0 and self._options["queue"] is not None:
+            # A queue worker stopped by SIGTERM has finished its work: exit
+            # 0, as with python -m.  twistd would otherwise kill itself
+            # with the signal that stopped the reactor (to report it to its
+            # parent); that signal is recorded on the reactor.
+            if getattr(reactor, "_exitSignal", None) is not None:
+                reactor._exitSignal = None
         try:
             reactor.stop()
         except Exception:
