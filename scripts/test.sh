@@ -54,7 +54,7 @@ packaged_daemons() {
     # "-start_epmd false", the service never) and an epmd without the
     # fixtures' -port.
     local pid args
-    for pid in $(pgrep -x 'tinyproxy|danted' || true); do
+    for pid in $(pgrep -x tinyproxy || true) $(pgrep -x danted || true); do
         args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
         [[ -n $args ]] || continue # a zombie: nothing left to stop
         if [[ " $args" != *" -c "* && " $args" != *" -f "* ]]; then
@@ -62,7 +62,7 @@ packaged_daemons() {
         fi
     done
     local name
-    for pid in $(pgrep -x 'beam.smp|epmd' || true); do
+    for pid in $(pgrep -x beam.smp || true) $(pgrep -x epmd || true); do
         args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
         name=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
         [[ -n $args ]] || continue
