@@ -400,6 +400,9 @@ async def test_quit_after_each_stage(tmp_path: Path, certs: Certs, probe_server:
     # The --debug run: the wire on stderr, the password nowhere.
     output = debug_run.out + debug_run.err
     assert "EHLO" in debug_run.err and "AUTH" in debug_run.err
+    # After STARTTLS, as swaks shows it: version, cipher, the certificate.
+    assert "TLS handshake with 127.0.0.1 completed: TLSv1." in debug_run.err
+    assert "server certificate 'OU=Testing cert" in debug_run.err and "issued by '" in debug_run.err
     assert PASSWORD not in output
     import base64
 
