@@ -28,6 +28,7 @@ import re
 from collections.abc import Mapping
 
 from ._address import ascii_domain_address
+from ._ehlo import offers
 from ._envelope import DSN, Envelope
 from ._errors import EnvelopeError, TLSError
 from ._xtext import xtext_encode
@@ -114,11 +115,6 @@ def ehlo_command(verb: str, name: str) -> bytes:
     return _guarded(f"{upper} {validate_client_name(name)}".encode("ascii"), ValueError)
 
 
-def _offers(extensions: Mapping[str, str], keyword: str) -> bool:
-    """Whether ``keyword`` was offered; tolerates keys not upper-cased."""
-    return keyword in extensions or any(key.upper() == keyword for key in extensions)
-
-
 def use_smtputf8(envelope: Envelope, extensions: Mapping[str, str]) -> bool:
     """
     Whether this transaction uses SMTPUTF8 (RFC 6531).
@@ -132,7 +128,7 @@ def use_smtputf8(envelope: Envelope, extensions: Mapping[str, str]) -> bool:
         required but the server does not offer it, or it is refused but a
         local part is non-ASCII.
     """
-    offered = _offers(extensions, "SMTPUTF8")
+    offered = offers(extensions, "SMTPUTF8")
     needed = envelope.needs_smtputf8
     if envelope.smtputf8 is False:
         if needed:
@@ -182,7 +178,7 @@ def check_require_tls(envelope: Envelope, extensions: Mapping[str, str], *, tls_
             "require_tls is set but this session is not TLS with a verified certificate "
             "(REQUIRETLS, RFC 8689, needs one: use STARTTLS or implicit TLS with certificate checks on)"
         )
-    elif not _offers(extensions, "REQUIRETLS"):
+    elif not offers(extensions, "REQUIRETLS"):
         error = TLSError("require_tls is set but the server does not offer REQUIRETLS (RFC 8689)")
     else:
         return
@@ -243,7 +239,7 @@ def mail_from_command(envelope: Envelope, extensions: Mapping[str, str], *, body
     """
     smtputf8 = use_smtputf8(envelope, extensions)
     params: list[str] = []
-    if envelope.size is not None and _offers(extensions, "SIZE"):
+    if envelope.size is not None and offers(extensions, "SIZE"):
         if envelope.size >= _SIZE_VALUE_LIMIT:
             raise EnvelopeError(
                 f"size {envelope.size} cannot be sent: RFC 1870's SIZE= takes at most 20 digits"
@@ -253,16 +249,16 @@ def mail_from_command(envelope: Envelope, extensions: Mapping[str, str], *, body
         if not isinstance(body, str) or not _BODY_VALUE.fullmatch(body):
             raise ValueError(f"body must be a BODY= keyword such as 'BINARYMIME', not {body!r}")
         params.append(f"BODY={body.upper()}")
-    elif envelope.use_8bit_mime and _offers(extensions, "8BITMIME"):
+    elif envelope.use_8bit_mime and offers(extensions, "8BITMIME"):
         params.append("BODY=8BITMIME")
     if smtputf8:
         params.append("SMTPUTF8")
     if envelope.require_tls:
-        if not _offers(extensions, "REQUIRETLS"):
+        if not offers(extensions, "REQUIRETLS"):
             raise TLSError("require_tls is set but the server does not offer REQUIRETLS (RFC 8689)")
         params.append("REQUIRETLS")
     dsn = envelope.dsn
-    if dsn is not None and _offers(extensions, "DSN"):
+    if dsn is not None and offers(extensions, "DSN"):
         if dsn.ret is not None:
             params.append(f"RET={dsn.ret}")
         if dsn.envid is not None:
@@ -293,7 +289,7 @@ def rcpt_to_command(address: str, dsn: DSN | None, extensions: Mapping[str, str]
     """
     line = _path("RCPT TO", _path_address(address, "rcpt_to"), smtputf8, "rcpt_to")
     params: list[str] = []
-    if dsn is not None and _offers(extensions, "DSN"):
+    if dsn is not None and offers(extensions, "DSN"):
         if dsn.notify is not None:
             params.append("NOTIFY=" + ",".join(dsn.notify))
         orcpt = dsn.orcpt_parameter

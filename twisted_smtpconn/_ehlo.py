@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ._reply import Reply
 
-__all__ = ["ServerInfo", "parse_ehlo", "server_info", "auth_mechanisms", "size_limit"]
+__all__ = ["ServerInfo", "parse_ehlo", "server_info", "offers", "auth_mechanisms", "size_limit"]
 
 #: RFC 5321 ehlo-keyword.
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
@@ -90,6 +90,11 @@ def _lookup(extensions: Mapping[str, str], keyword: str) -> str | None:
         if key.upper() == keyword:
             return candidate
     return None
+
+
+def offers(extensions: Mapping[str, str], keyword: str) -> bool:
+    """Whether the server offered ``keyword`` (upper-case), however the keys are cased."""
+    return _lookup(extensions, keyword) is not None
 
 
 def auth_mechanisms(extensions: Mapping[str, str]) -> list[str]:

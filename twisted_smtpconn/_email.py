@@ -44,6 +44,7 @@ from email.parser import BytesParser
 from typing import Any
 
 from ._address import is_dot_atom
+from ._ehlo import offers
 from ._envelope import Envelope
 from ._errors import EnvelopeError, MessageError
 
@@ -318,10 +319,6 @@ def prepare_email(message: Message, *, seven_bit: bool = False) -> PreparedEmail
     return PreparedEmail(chunks, body_eight_bit, headers_utf8, writer.size)
 
 
-def _offers(extensions: Mapping[str, str], keyword: str) -> bool:
-    return any(key.upper() == keyword for key in extensions)
-
-
 def email_parameters(prepared: PreparedEmail, extensions: Mapping[str, str]) -> tuple[bool, bool]:
     """
     ``(use_8bit_mime, smtputf8)`` for a transaction carrying ``prepared``.
@@ -333,14 +330,14 @@ def email_parameters(prepared: PreparedEmail, extensions: Mapping[str, str]) -> 
     :raises MessageError: (``EMESSAGE``) the message needs an extension the
         server does not offer; the message says how to make it fit.
     """
-    if prepared.needs_smtputf8 and not _offers(extensions, "SMTPUTF8"):
+    if prepared.needs_smtputf8 and not offers(extensions, "SMTPUTF8"):
         raise MessageError(
             "the message has UTF-8 header fields, which need SMTPUTF8, and the server does not offer it "
             "(build the message with email.policy.default, not utf8=True, so that its headers are "
             "RFC 2047 encoded)"
         )
     eight_bit = prepared.eight_bit or prepared.needs_smtputf8
-    if eight_bit and not _offers(extensions, "8BITMIME"):
+    if eight_bit and not offers(extensions, "8BITMIME"):
         raise MessageError(
             "the message body has 8-bit bytes and the server does not offer 8BITMIME "
             "(give the text parts a 7-bit transfer encoding, e.g. quoted-printable or base64)"
@@ -358,7 +355,7 @@ def prepare_for_server(message: Message, extensions: Mapping[str, str]) -> tuple
     :raises MessageError: as :func:`email_parameters`.
     """
     prepared = prepare_email(message)
-    if prepared.eight_bit and not _offers(extensions, "8BITMIME"):
+    if prepared.eight_bit and not offers(extensions, "8BITMIME"):
         prepared = prepare_email(message, seven_bit=True)
     use_8bit_mime, smtputf8 = email_parameters(prepared, extensions)
     return prepared, use_8bit_mime, smtputf8
